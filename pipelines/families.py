@@ -1,0 +1,55 @@
+"""Which class runs which family, and a small cache of loaded models per device."""
+from __future__ import annotations
+
+import importlib
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from .devices import DeviceSpec
+from .registry import ModelEntry, ModelLoadError, ModelRegistry
+
+# family -> "module:Class" (imported on first use so that listing models stays cheap)
+FAMILY_CLASSES: dict[str, str] = {
+    "latent_diffusion": "pipelines.latent_diffusion:LatentDiffusion",
+}
+
+
+def family_class(family: str):
+    try:
+        module_name, cls_name = FAMILY_CLASSES[family].split(":")
+    except KeyError:
+        raise ModelLoadError(f"No pipeline runs family {family!r} yet.") from None
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def load_model(entry: ModelEntry, device: DeviceSpec) -> Any:
+    return family_class(entry.family).load(entry, device)
+
+
+class ModelCache:
+    """Keeps the last ``max_loaded`` models in memory; loading is serialised by a lock."""
+
+    def __init__(self, registry: ModelRegistry, device: DeviceSpec, max_loaded: int = 2):
+        self.registry, self.device, self.max_loaded = registry, device, max_loaded
+        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str) -> Any:
+        with self._lock:
+            if model_id in self._loaded:
+                self._loaded.move_to_end(model_id)
+                return self._loaded[model_id]
+            entry = self.registry.get(model_id)
+            model = load_model(entry, self.device)
+            self._loaded[model_id] = model
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
+            return model
+
+    def is_loaded(self, model_id: str) -> bool:
+        return model_id in self._loaded
+
+    def forget(self, model_id: str) -> None:
+        with self._lock:
+            self._loaded.pop(model_id, None)

@@ -1,0 +1,156 @@
+"""Latent diffusion family: any diffusers Stable Diffusion 1.x/2.x folder, builtin or real.
+
+The run is diffusers' own ``StableDiffusionPipeline.__call__``; the studio observes it
+through ``callback_on_step_end`` (Rombach et al. 2022, "High-Resolution Image Synthesis
+with Latent Diffusion Models"; Ho & Salimans 2022, classifier-free guidance).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from .devices import DeviceSpec
+from .events import CancelFlag, StepCallback, StepEvent
+from .model_files import check_model_folder
+from .previews import PreviewDecoder
+from .registry import ModelEntry, ModelLoadError
+from .requests import ImageRequest, ImageResult, Trajectory, validate_image_request
+from .schedulers import make_scheduler, scheduler_name_of
+from .text_limits import overflow_warning
+from .x0 import predict_x0, supports_x0, unit_scale_after_step
+
+
+class StudioStableDiffusionPipeline(StableDiffusionPipeline):
+    """diffusers' SD pipeline that also hands the guided model output to step callbacks.
+
+    ``noise_pred`` is the exact tensor ``scheduler.step`` received, which is what the x0
+    estimate needs; nothing else about the pipeline changes.
+    """
+
+    _callback_tensor_inputs = [*StableDiffusionPipeline._callback_tensor_inputs, "noise_pred"]
+
+
+class _StepObserver:
+    """The ``callback_on_step_end`` of one run: events, trajectory capture, cancellation."""
+
+    def __init__(self, initial_noise: torch.Tensor, on_step: Optional[StepCallback],
+                 cancel: Optional[CancelFlag], capture: bool):
+        self.on_step, self.cancel, self.capture = on_step, cancel, capture
+        self._initial_noise = initial_noise  # (B, C, h, w), before init_noise_sigma scaling
+        self._x_t: Optional[torch.Tensor] = None  # the sample the current step started from
+        self.timesteps: list[float] = []
+        self.latents: list[torch.Tensor] = []
+        self.pred_x0: list[torch.Tensor] = []
+
+    @property
+    def needs_noise_pred(self) -> bool:
+        return self.capture or self.on_step is not None
+
+    def __call__(self, pipe, i: int, t, kwargs: dict) -> dict:
+        scheduler = pipe.scheduler
+        if self._x_t is None:  # the pipeline scaled our noise by init_noise_sigma
+            self._x_t = self._initial_noise * scheduler.init_noise_sigma
+        latents = kwargs["latents"]  # (B, C, h, w), x_{t-1}
+        x0 = None
+        if self.needs_noise_pred and supports_x0(scheduler):
+            x0 = predict_x0(scheduler, kwargs["noise_pred"], t, self._x_t)
+        self._x_t = latents
+        if self.capture:
+            self.timesteps.append(float(t))
+            self.latents.append(latents.detach().float() * unit_scale_after_step(scheduler))
+            self.pred_x0.append(x0 if x0 is not None else torch.zeros_like(latents, dtype=torch.float32))
+        if self.on_step is not None:
+            self.on_step(StepEvent(step=i, num_steps=pipe.num_timesteps, timestep=float(t),
+                                   latents=latents.detach(), pred_x0=x0))
+        if self.cancel is not None:
+            self.cancel.raise_if_set(i + 1)
+        return {}
+
+    def trajectory(self) -> Optional[Trajectory]:
+        if not self.capture or not self.timesteps:
+            return None
+        return Trajectory(timesteps=tuple(self.timesteps),
+                          latents=torch.stack(self.latents).cpu(),  # (steps, B, C, h, w)
+                          pred_x0=torch.stack(self.pred_x0).cpu())
+
+
+class LatentDiffusion:
+    """A loaded latent-diffusion model: ``generate(request) -> ImageResult``."""
+
+    family = "latent_diffusion"
+
+    def __init__(self, pipe: StudioStableDiffusionPipeline, model_id: str):
+        self.pipe = pipe
+        self.model_id = model_id
+        self._scheduler_config = pipe.scheduler.config  # the model's own schedule settings
+        self._default_scheduler_cls = type(pipe.scheduler)
+        self.preview = PreviewDecoder.for_vae(pipe.vae)
+
+    @classmethod
+    def load(cls, entry: ModelEntry, device: DeviceSpec) -> "LatentDiffusion":
+        check_model_folder(entry.path)
+        try:
+            pipe = StudioStableDiffusionPipeline.from_pretrained(
+                entry.path, dtype=device.dtype, use_safetensors=True, local_files_only=True,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            )
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"Could not load {entry.path}: {exc}") from exc
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe.to(device.device), entry.id)
+
+    @property
+    def native_size(self) -> int:
+        return int(self.pipe.unet.config.sample_size) * self.pipe.vae_scale_factor
+
+    @property
+    def size_multiple(self) -> int:
+        return 8
+
+    def scheduler_for(self, name: Optional[str]):
+        if name is None:
+            return self._default_scheduler_cls.from_config(self._scheduler_config)
+        return make_scheduler(name, self._scheduler_config)
+
+    def prompt_warnings(self, req: ImageRequest) -> list[str]:
+        tok = self.pipe.tokenizer
+        found = [overflow_warning(tok, req.prompt, "prompt"), overflow_warning(tok, req.negative_prompt, "negative prompt")]
+        return [w for w in found if w]
+
+    @torch.no_grad()
+    def generate(self, req: ImageRequest, on_step: Optional[StepCallback] = None,
+                 cancel: Optional[CancelFlag] = None) -> ImageResult:
+        """Run one request. Raises ``ValueError`` for bad parameters, ``GenerationCancelled``."""
+        validate_image_request(req, self.size_multiple)
+        pipe = self.pipe
+        pipe.scheduler = self.scheduler_for(req.scheduler)
+        height, width = req.height or self.native_size, req.width or self.native_size
+        seeds = [req.seed + i for i in range(req.num_images)]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        shape = (req.num_images, pipe.unet.config.in_channels,
+                 height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        noise = randn_tensor(shape, generator=generators, dtype=torch.float32)  # CPU: same on every device
+        noise = noise.to(pipe.device, pipe.unet.dtype)
+        observer = _StepObserver(noise, on_step, cancel, req.capture_trajectory)
+        tensor_inputs = ["latents", "noise_pred"] if observer.needs_noise_pred else ["latents"]
+        if cancel is not None:
+            cancel.raise_if_set(0)
+        start = time.perf_counter()
+        out = pipe(
+            prompt=req.prompt, negative_prompt=req.negative_prompt or None,
+            num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale,
+            num_images_per_prompt=req.num_images,
+            height=height, width=width, latents=noise, generator=generators,
+            callback_on_step_end=observer, callback_on_step_end_tensor_inputs=tensor_inputs,
+        )
+        return ImageResult(
+            images=list(out.images), seeds=seeds, request=req, model_id=self.model_id, family=self.family,
+            scheduler=req.scheduler or scheduler_name_of(pipe.scheduler), width=width, height=height,
+            duration_s=time.perf_counter() - start, trajectory=observer.trajectory(),
+            warnings=self.prompt_warnings(req),
+        )

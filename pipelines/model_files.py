@@ -1,0 +1,81 @@
+"""Checks a diffusers model folder before loading, so that a broken or unsafe folder gives a
+message naming the file instead of a stack trace deep inside a library."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .registry import PICKLE_SUFFIXES, ModelLoadError, read_model_index
+
+# Components that hold no weights (their folder holds configs or vocabularies only).
+_CONFIG_ONLY = ("scheduler", "tokenizer", "feature_extractor", "image_processor", "tokenizer_2", "tokenizer_3")
+
+
+def _check_json(path: Path) -> None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} is corrupt (not valid JSON: {exc}); restore it or re-save the model.") from None
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelLoadError(f"{path} is corrupt or truncated ({exc}); restore it or re-save the model.") from None
+    if not keys:
+        raise ModelLoadError(f"{path} holds no tensors; restore it or re-save the model.")
+
+
+def _check_weights(folder: Path, name: str) -> None:
+    weights = sorted(folder.glob("*.safetensors"))
+    if weights:
+        for path in weights:
+            _check_safetensors(path)
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelLoadError(
+            f"{folder / pickles[0]}: the {name} weights exist only as a pickle file. Pickle files can run "
+            "arbitrary code when loaded, so the studio loads safetensors only. Convert the model on a "
+            "machine you trust (load it with diffusers and call save_pretrained(..., safe_serialization=True)) "
+            "or download its safetensors variant."
+        )
+    raise ModelLoadError(f"{folder}: no weights file (*.safetensors) for component {name!r}; the model is incomplete.")
+
+
+def check_model_folder(folder: Path) -> dict:
+    """Validate every component named in ``model_index.json``; return the index.
+
+    Raises :class:`ModelLoadError` naming the missing, corrupt or pickle-only file.
+    """
+    index = read_model_index(folder)
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        comp = folder / name
+        if not comp.is_dir():
+            raise ModelLoadError(f"{comp} is missing: model_index.json lists component {name!r}.")
+        configs = sorted(comp.glob("*config*.json"))
+        if not configs and name not in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+            raise ModelLoadError(f"{comp}: no config file for component {name!r}; the model is incomplete.")
+        for cfg in configs:
+            _check_json(cfg)
+        if name.startswith("tokenizer"):
+            _check_tokenizer(comp)
+        elif name not in _CONFIG_ONLY:
+            _check_weights(comp, name)
+    return index
+
+
+def _check_tokenizer(folder: Path) -> None:
+    has_fast = (folder / "tokenizer.json").is_file()
+    has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not (has_fast or has_bpe):
+        raise ModelLoadError(f"{folder}: the tokenizer needs vocab.json and merges.txt (or tokenizer.json).")
+    for name in ("vocab.json", "tokenizer.json"):
+        if (folder / name).is_file():
+            _check_json(folder / name)

@@ -1,0 +1,100 @@
+"""Typed requests and results shared by the image families."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+MAX_STEPS = 1000
+MAX_SIDE = 2048
+MAX_GUIDANCE = 100.0
+MAX_IMAGES = 16
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One text-to-image request. Argument names are shared by every family."""
+
+    prompt: str
+    negative_prompt: str = ""
+    num_inference_steps: int = 25  # denoising steps
+    guidance_scale: float = 7.5  # classifier-free guidance scale; <= 1 turns guidance off
+    seed: int = 0  # image i of a batch uses seed + i, so each can be recalled alone
+    height: Optional[int] = None  # pixels; None: the model's native size
+    width: Optional[int] = None
+    scheduler: Optional[str] = None  # a name from pipelines.schedulers.SCHEDULERS; None: the model's own
+    num_images: int = 1  # batch size
+    capture_trajectory: bool = True  # keep x_t and the x0 estimate of every step
+
+    def params(self) -> dict[str, Any]:
+        """The exact parameters as a JSON-friendly dict (stored with every result)."""
+        return asdict(self)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_image_request(req: ImageRequest, size_multiple: int = 8) -> None:
+    """Raise ``ValueError`` with a message telling the user what to change."""
+    if not isinstance(req.prompt, str):
+        raise ValueError("The prompt must be text.")
+    if not _is_int(req.num_inference_steps) or not 1 <= req.num_inference_steps <= MAX_STEPS:
+        raise ValueError(f"Steps must be a whole number from 1 to {MAX_STEPS} (got {req.num_inference_steps!r}).")
+    g = req.guidance_scale
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
+        raise ValueError(f"Guidance scale must be a number from 0 to {MAX_GUIDANCE:g} (got {g!r}).")
+    if not _is_int(req.seed) or not 0 <= req.seed <= MAX_SEED:
+        raise ValueError(f"Seed must be a whole number from 0 to {MAX_SEED} (got {req.seed!r}).")
+    for name in ("width", "height"):
+        value = getattr(req, name)
+        if value is None:
+            continue
+        if not _is_int(value) or not size_multiple <= value <= MAX_SIDE or value % size_multiple:
+            raise ValueError(
+                f"{name.capitalize()} must be a multiple of {size_multiple} from {size_multiple} to {MAX_SIDE} "
+                f"(got {value!r})."
+            )
+    if not _is_int(req.num_images) or not 1 <= req.num_images <= MAX_IMAGES:
+        raise ValueError(f"Batch size must be a whole number from 1 to {MAX_IMAGES} (got {req.num_images!r}).")
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Every step of a run: timesteps, noisy latents x_t and x0 estimates (CPU tensors)."""
+
+    timesteps: tuple[float, ...]
+    latents: "torch.Tensor"  # (steps, B, C, h, w), x_t after each step, unit scale
+    pred_x0: "torch.Tensor"  # (steps, B, C, h, w), the x0 estimate at each step
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    images: list["Image.Image"]
+    seeds: list[int]  # one per image
+    request: ImageRequest
+    model_id: str
+    family: str
+    scheduler: str  # the scheduler actually used (list name or class name)
+    width: int
+    height: int
+    duration_s: float
+    trajectory: Optional[Trajectory] = None
+    warnings: list[str] = field(default_factory=list)  # e.g. words cut from a long prompt
+
+    def params(self) -> dict[str, Any]:
+        """The full recipe: request plus what the model resolved (size, scheduler, model)."""
+        params = self.request.params()
+        params.update(model_id=self.model_id, family=self.family, scheduler=self.scheduler,
+                      width=self.width, height=self.height)
+        params.pop("capture_trajectory", None)
+        return params

@@ -1,0 +1,53 @@
+"""Tiny random-weight models saved in the real diffusers formats.
+
+They exercise the exact loading and sampling code of real checkpoints in seconds (as
+diffusers' own ``get_dummy_components`` do); tests and benchmarks build them on the fly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .clip_vocab import write_hf_clip_tokenizer
+
+
+def build_tiny_sd(folder: Path, *, prediction_type: str = "epsilon", sample_size: int = 8,
+                  block_channels: tuple[int, ...] = (32, 64), seed: int = 0) -> Path:
+    """Save a random-weight StableDiffusionPipeline folder (model_index.json + components).
+
+    Latents are ``sample_size`` x ``sample_size`` x 4; the VAE downsamples by 2 per block
+    beyond the first, so images are ``sample_size * 2**(len(block_channels)-1)`` pixels.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=block_channels, layers_per_block=1, sample_size=sample_size,
+        in_channels=4, out_channels=4, cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(block_channels) - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (len(block_channels) - 1) + ("UpBlock2D",),
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[16] * len(block_channels), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * len(block_channels),
+        up_block_types=["UpDecoderBlock2D"] * len(block_channels), norm_num_groups=8, sample_size=sample_size,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
+        max_position_embeddings=77,
+    ))
+    tok_dir = write_hf_clip_tokenizer(folder / "_tokenizer_src")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    return folder

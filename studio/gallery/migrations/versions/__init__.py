@@ -1,0 +1,1 @@
+"""Alembic revision scripts for the gallery (ignored by Alembic itself)."""

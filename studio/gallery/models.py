@@ -1,0 +1,111 @@
+"""SQLAlchemy 2 typed ORM models for the studio gallery.
+
+The schema itself is owned by the Alembic migrations in
+``studio/gallery/migrations``; these classes must stay in sync with them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+MEDIA_TYPES = ("image", "audio", "video")
+STATUSES = ("ok", "cancelled", "failed")
+
+
+def utcnow() -> datetime:
+    """Return the current time as a timezone-aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Normalise a datetime to aware UTC; naive values are taken to be UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """DateTime stored as UTC and always returned timezone-aware (UTC).
+
+    SQLite has no timezone support, so values are converted to UTC before
+    binding (also in WHERE clauses) and tagged as UTC when read back.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC; strip tzinfo for SQLite so strings compare correctly."""
+        if value is None:
+            return None
+        value = as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime."""
+        return None if value is None else as_utc(value)
+
+
+class Base(DeclarativeBase):
+    """Declarative base for all gallery tables."""
+
+
+class Generation(Base):
+    """One generated media item (image, audio clip or video)."""
+
+    __tablename__ = "generations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, index=True
+    )
+    media_type: Mapped[str] = mapped_column(String(16), default="image", index=True)
+    family: Mapped[str] = mapped_column(String(64), default="", index=True)
+    model_id: Mapped[str] = mapped_column(String(255), default="", index=True)
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    seed: Mapped[int] = mapped_column(BigInteger, default=0)
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    guidance: Mapped[float] = mapped_column(Float, default=0.0, index=True)
+    scheduler: Mapped[str] = mapped_column(String(64), default="")
+    width: Mapped[int] = mapped_column(Integer, default=0)
+    height: Mapped[int] = mapped_column(Integer, default=0)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    media_path: Mapped[str] = mapped_column(String(512))
+    thumb_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    trajectory_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    trajectory_frames: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="ok")
+    favourite: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    def __repr__(self) -> str:
+        """Short debugging representation."""
+        return f"<Generation id={self.id} {self.media_type} model={self.model_id!r}>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return all column values as a plain dict (safe after session close)."""
+        return {c.key: getattr(self, c.key) for c in self.__table__.columns}
+
+
+class PromptHistory(Base):
+    """A distinct prompt text with usage statistics."""
+
+    __tablename__ = "prompt_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(Text, unique=True)
+    first_used: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    times_used: Mapped[int] = mapped_column(Integer, default=1)
+
+    def __repr__(self) -> str:
+        """Short debugging representation."""
+        return f"<PromptHistory id={self.id} times_used={self.times_used}>"

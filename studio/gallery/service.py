@@ -1,0 +1,292 @@
+"""High-level gallery facade: database + media files kept consistent."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, features
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from studio.gallery import repository as repo
+from studio.gallery.migrate import upgrade_to_head
+from studio.gallery.models import Generation, PromptHistory
+from studio.gallery.pnginfo import encode_png
+from studio.gallery.query import GalleryQuery
+from studio.gallery.store import MEDIA_DIR, MediaStore
+
+log = logging.getLogger(__name__)
+
+THUMB_SIZE = 256
+PATH_FIELDS = ("media_path", "thumb_path", "trajectory_path")
+# Generation column <- params key, used when ``fields`` leaves a column out.
+_FROM_PARAMS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "seed": "seed",
+    "steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+    "scheduler": "scheduler",
+    "width": "width",
+    "height": "height",
+    "model_id": "model_id",
+}
+
+
+class GalleryError(Exception):
+    """The gallery cannot be opened or used; the message is meant for the user."""
+
+
+def _check_writable(root: Path) -> None:
+    """Create ``root``/media and a probe file; raise GalleryError if that fails."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MEDIA_DIR).mkdir(exist_ok=True)
+        probe = root / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise GalleryError(
+            f"Gallery folder {root} is not writable: {reason}. "
+            "Choose another with --gallery-dir."
+        ) from exc
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Enable WAL, foreign keys and a busy timeout on every new SQLite connection."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+    finally:
+        cursor.close()
+
+
+def make_engine(db_url: str | URL) -> Engine:
+    """Create an engine; SQLite connections get the gallery pragmas."""
+    engine = create_engine(db_url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_thumbnail(image: Image.Image) -> tuple[bytes, str]:
+    """Encode a thumbnail (max side 256 px) as WebP, or JPEG without WebP support."""
+    thumb = image.copy()
+    thumb.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    buffer = io.BytesIO()
+    if features.check("webp"):
+        mode = "RGBA" if "A" in thumb.getbands() or thumb.mode == "P" else "RGB"
+        thumb.convert(mode).save(buffer, format="WEBP", quality=80)
+        return buffer.getvalue(), "webp"
+    thumb.convert("RGB").save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue(), "jpg"
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    """Plain PNG encoding (used for trajectory sprites)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _json_safe(params: dict[str, Any]) -> dict[str, Any]:
+    """Copy of ``params`` that the JSON column can store (odd values become strings)."""
+    return json.loads(json.dumps(params, default=str))
+
+
+class Gallery:
+    """Generation gallery: SQLite/SQL database plus content-addressed media files."""
+
+    def __init__(self, root: Path, engine: Engine) -> None:
+        """Wrap an already migrated ``engine``; use :meth:`open` instead."""
+        self.root = root
+        self.engine = engine
+        self.store = MediaStore(root)
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, root: Path, db_url: str | None = None) -> Gallery:
+        """Open (creating and migrating as needed) the gallery at ``root``."""
+        root = Path(root).expanduser().absolute()
+        _check_writable(root)
+        url: str | URL = db_url or URL.create("sqlite", database=str(root / "gallery.db"))
+        try:
+            engine = make_engine(url)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise GalleryError(f"Invalid gallery database URL: {exc}") from exc
+        try:
+            upgrade_to_head(engine)
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise GalleryError(
+                f"Could not open the gallery database in {root}: "
+                f"{getattr(exc, 'orig', None) or exc}. "
+                "Choose another folder with --gallery-dir."
+            ) from exc
+        return cls(root, engine)
+
+    def close(self) -> None:
+        """Release all database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Gallery:
+        """Context-manager support: ``with Gallery.open(p) as g``."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close on leaving the ``with`` block."""
+        self.close()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """Yield a session that commits on success and rolls back on error."""
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- writing ---------------------------------------------------------
+    def _save_tracked(self, data: bytes, suffix: str, created: list[str]) -> str:
+        """Save bytes via the store, remembering paths that did not exist before."""
+        existed_before = self.store.exists(self.store.relative_path(data, suffix))
+        rel = self.store.save_bytes(data, suffix)
+        if not existed_before:
+            created.append(rel)
+        return rel
+
+    def _row_fields(
+        self, image: Image.Image, params: dict[str, Any], fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge ``fields`` with defaults taken from ``params`` and the image."""
+        bad = sorted(set(fields) & set(PATH_FIELDS))
+        if bad:
+            raise ValueError(f"Do not pass {', '.join(bad)} in fields; paths are set by the gallery.")
+        row = {col: params[key] for col, key in _FROM_PARAMS.items() if params.get(key) is not None}
+        row.setdefault("width", image.width)
+        row.setdefault("height", image.height)
+        row["params"] = _json_safe(params)
+        row.update(fields)
+        return row
+
+    def save_image(
+        self,
+        image: Image.Image,
+        *,
+        params: dict[str, Any],
+        fields: dict[str, Any],
+        trajectory: Image.Image | None = None,
+        trajectory_frames: int = 0,
+    ) -> int:
+        """Store an image (with thumbnail and optional trajectory sprite); return its id."""
+        row_fields = self._row_fields(image, params, fields)
+        created: list[str] = []
+        try:
+            row_fields["media_path"] = self._save_tracked(encode_png(image, params), "png", created)
+            thumb, thumb_suffix = make_thumbnail(image)
+            row_fields["thumb_path"] = self._save_tracked(thumb, thumb_suffix, created)
+            if trajectory is not None:
+                sprite = _png_bytes(trajectory)
+                row_fields["trajectory_path"] = self._save_tracked(sprite, "png", created)
+                row_fields["trajectory_frames"] = int(trajectory_frames)
+            with self.session() as session:
+                row = repo.add_generation(session, **row_fields)
+                repo.record_prompt(session, row.prompt)
+                return row.id
+        except BaseException:
+            self._remove_unreferenced(created)
+            raise
+
+    def _remove_unreferenced(self, paths: list[str]) -> None:
+        """Delete files in ``paths`` that no database row references."""
+        if not paths:
+            return
+        try:
+            with self.session() as session:
+                orphans = [p for p in set(paths) if repo.count_path_references(session, p) == 0]
+        except SQLAlchemyError:
+            log.exception("Could not check file references; leaving %s on disk", paths)
+            return
+        for rel in orphans:
+            self._delete_file(rel)
+
+    def _delete_file(self, rel: str) -> None:
+        """Delete one media file, logging (not raising) on failure."""
+        try:
+            self.store.delete(rel)
+        except (OSError, ValueError):
+            log.warning("Could not delete gallery file %s", rel, exc_info=True)
+
+    def delete(self, gen_id: int) -> bool:
+        """Delete a generation and its files not shared with other rows."""
+        with self.session() as session:
+            row = repo.delete_generation(session, gen_id)
+            if row is None:
+                return False
+            paths = {getattr(row, name) for name in PATH_FIELDS} - {None, ""}
+            orphans = [p for p in paths if repo.count_path_references(session, p) == 0]
+        for rel in orphans:
+            self._delete_file(rel)
+        return True
+
+    def set_favourite(self, gen_id: int, value: bool) -> bool:
+        """Set the favourite flag; False if the id is unknown."""
+        with self.session() as session:
+            return repo.set_favourite(session, gen_id, value)
+
+    # -- reading ---------------------------------------------------------
+    def get(self, gen_id: int) -> Generation | None:
+        """Return a detached generation row or None."""
+        with self.session() as session:
+            return repo.get_generation(session, gen_id)
+
+    def search(self, query: GalleryQuery) -> tuple[list[Generation], int]:
+        """Search rows (detached) and the total count, see :class:`GalleryQuery`."""
+        with self.session() as session:
+            return repo.search_generations(session, query)
+
+    def recent_prompts(self, limit: int = 20) -> list[PromptHistory]:
+        """Most recently used prompts (detached rows)."""
+        with self.session() as session:
+            return repo.recent_prompts(session, limit)
+
+    def distinct_values(self, column_name: str) -> list[str]:
+        """Filter choices for ``model_id``, ``family`` or ``media_type``."""
+        with self.session() as session:
+            return repo.distinct_values(session, column_name)
+
+    def count(self) -> int:
+        """Number of generations."""
+        with self.session() as session:
+            return repo.count_generations(session)
+
+    def read_media(self, gen_id: int) -> tuple[Path, str]:
+        """Absolute media path (checked to be inside the root) and media type."""
+        row = self.get(gen_id)
+        if row is None:
+            raise KeyError(gen_id)
+        return self.store.resolve(row.media_path), row.media_type
+
+    def integrity_check(self) -> str:
+        """``"ok"`` when the database (and FTS index on SQLite) is consistent."""
+        if self.engine.dialect.name != "sqlite":
+            return "ok"
+        with self.engine.begin() as connection:
+            rows = connection.exec_driver_sql("PRAGMA integrity_check").scalars().all()
+            problems = [str(r) for r in rows if r != "ok"]
+            try:
+                connection.exec_driver_sql(
+                    "INSERT INTO generations_fts(generations_fts, rank) VALUES ('integrity-check', 1)"
+                )
+            except SQLAlchemyError as exc:
+                problems.append(f"full-text index: {exc.orig or exc}")
+        return "ok" if not problems else "\n".join(problems)

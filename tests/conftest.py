@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random-weight models saved in the real diffusers format."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines.tiny import build_tiny_sd
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """A user models folder holding one tiny SD model (epsilon) and one v-prediction model."""
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_sd(root / "tiny-sd")
+    build_tiny_sd(root / "tiny-sd-v", prediction_type="v_prediction", seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tiny_models_dir) -> Path:
+    return tiny_models_dir / "tiny-sd"
+
+
+@pytest.fixture()
+def model_copy(tiny_sd_dir, tmp_path) -> Path:
+    """A private copy of the tiny model that a test may damage."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_sd_dir, models / "broken")
+    return models / "broken"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_models_dir):
+    """The tiny model loaded on the CPU (shared; tests must not change it)."""
+    from pipelines.devices import resolve_device
+    from pipelines.latent_diffusion import LatentDiffusion
+    from pipelines.registry import ModelRegistry
+
+    registry = ModelRegistry(builtin_dir=None, user_dir=tiny_models_dir)
+    return LatentDiffusion.load(registry.get("local/tiny-sd"), resolve_device("cpu"))
