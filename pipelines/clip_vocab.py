@@ -31,8 +31,12 @@ def open_clip_bpe_path() -> Path:
     return Path(open_clip.tokenizer.default_bpe())
 
 
-def write_hf_clip_tokenizer(out_dir: Path, model_max_length: int = 77) -> Path:
-    """Write a transformers CLIPTokenizer folder (vocab.json, merges.txt, configs) to ``out_dir``."""
+def write_hf_clip_tokenizer(out_dir: Path, model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> Path:
+    """Write a transformers CLIPTokenizer folder (vocab.json, merges.txt, configs) to ``out_dir``.
+
+    ``pad_token="!"`` (id 0) matches open_clip, which pads with zeros (as SD 2.x does);
+    OpenAI CLIP and SD 1.x pad with ``<|endoftext|>``.
+    """
     merges = gzip.open(open_clip_bpe_path()).read().decode("utf-8").split("\n")[1 : NUM_MERGES + 1]
     byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
@@ -46,7 +50,7 @@ def write_hf_clip_tokenizer(out_dir: Path, model_max_length: int = 77) -> Path:
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
+        "pad_token": pad_token,
         "do_lower_case": True,
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))

@@ -79,3 +79,13 @@ def _check_tokenizer(folder: Path) -> None:
     for name in ("vocab.json", "tokenizer.json"):
         if (folder / name).is_file():
             _check_json(folder / name)
+
+
+def native_image_size(folder: Path) -> int | None:
+    """A latent-diffusion folder's native image side in pixels, read from configs (no loading)."""
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

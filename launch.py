@@ -1,0 +1,54 @@
+"""Start the studio: ``python launch.py`` (see ``--help``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Multimodal Studio: a browser studio for small diffusion models.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (default 127.0.0.1: only this machine can connect)")
+    parser.add_argument("--port", type=int, default=7860, help="TCP port of the web UI (default 7860)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"),
+                        help="folder with your own diffusers model folders (default ./models)")
+    parser.add_argument("--gallery-dir", type=Path, default=Path("gallery"),
+                        help="folder for generated media and the gallery database (default ./gallery)")
+    parser.add_argument("--db-url", default=None,
+                        help="SQLAlchemy database URL (default: sqlite file gallery.db inside --gallery-dir)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                        help="where models run: auto picks CUDA, then MPS, then CPU (default auto)")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab on start")
+    parser.add_argument("--no-hf-cache", action="store_true",
+                        help="do not list models found in the Hugging Face cache")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from studio.settings import Settings
+
+    settings = Settings(host=args.host, port=args.port, models_dir=args.models_dir, gallery_dir=args.gallery_dir,
+                        db_url=args.db_url, device=args.device, open_browser=not args.no_browser,
+                        use_hf_cache=not args.no_hf_cache)
+    from studio.gallery import GalleryError
+    from studio.services import build_services
+
+    try:
+        services = build_services(settings)
+    except (GalleryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from studio.app import build_app
+
+    demo = build_app(services)
+    print(f"Studio: {len(services.registry.entries())} model(s), gallery {settings.gallery_dir.resolve()}")
+    demo.launch(server_name=settings.host, server_port=settings.port, inbrowser=settings.open_browser,
+                allowed_paths=[str(Path(settings.gallery_dir).resolve() / "media")], show_error=True,
+                footer_links=["api", "settings"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

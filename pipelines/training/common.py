@@ -1,0 +1,185 @@
+"""Shared training helpers: seeding, resumable checkpoints, LR schedule, EMA, progress, loss log.
+
+Checkpoints are our own files, written atomically (temp file + ``os.replace``) and read back with
+``torch.load(weights_only=True)``: they hold only tensors and plain Python containers (the numpy
+RNG state is stored as a tensor), so no pickled objects are ever executed. Trainers should derive
+each step's data from ``(seed, step)`` so that a resumed run sees the same batches as an
+uninterrupted one; the RNG states saved here cover any other randomness.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's global and torch's RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+    """An independent numpy Generator for one (seed, step, stream): resumable data sampling."""
+    return np.random.default_rng([seed, step, stream])
+
+
+def get_rng_states() -> dict[str, Any]:
+    """Python, numpy (global) and torch CPU RNG states, in a ``weights_only``-loadable form."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_states` returned."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+def cosine_lr(step: int, base_lr: float, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> float:
+    """Linear warm-up to ``base_lr``, then cosine decay to ``min_ratio * base_lr`` (Loshchilov & Hutter 2017)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate (stateless schedule: resume-safe)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def clip_grad(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm to ``max_norm`` (no-op if <= 0); returns the norm before clipping."""
+    params = [p for p in parameters if p.grad is not None]
+    if max_norm <= 0:
+        return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay matrices, not biases, norms, embeddings' positions or scalars (as open_clip's main)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = p.ndim < 2 or any(k in name for k in ("bn", "ln", "bias", "logit_scale", "positional_embedding"))
+        (no_decay if exclude else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state (Polyak averaging)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach().float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Load the averaged weights into ``model`` (in place)."""
+        state = model.state_dict()
+        for k, v in self.shadow.items():
+            state[k].copy_(v)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = float(state["decay"])
+        self.shadow = {k: v.float() for k, v in state["shadow"].items()}
+
+
+class Checkpointer:
+    """Save every ``every`` steps to ``run_dir/checkpoint.pt`` (atomic); resume with weights_only loading."""
+
+    def __init__(self, run_dir: Path, every: int = 100, filename: str = "checkpoint.pt") -> None:
+        self.run_dir, self.every = Path(run_dir), every
+        self.path = self.run_dir / filename
+
+    def due(self, step: int) -> bool:
+        """Whether to save after ``step`` completed steps."""
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             ema: EMA | None = None, extra: dict[str, Any] | None = None) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"step": step, "model": model.state_dict(), "rng": get_rng_states(),
+                 "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                 "ema": ema.state_dict() if ema is not None else None, "extra": extra or {}}
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+        return self.path
+
+    def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             ema: EMA | None = None, restore_rng: bool = True) -> dict[str, Any] | None:
+        """Restore into the given objects; returns the checkpoint (``["step"]``...) or None if absent."""
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        if optimizer is not None and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        if restore_rng:
+            set_rng_states(state["rng"])
+        return state
+
+
+class LossLog:
+    """Append-only JSONL log (one object per step) in the run folder.
+
+    A fresh run truncates it; a resumed run keeps only the records up to the resumed step, so the
+    log of an interrupted-and-resumed run reads like that of an uninterrupted one.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept: list[str] = []
+        if resume_step is not None and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.start = time.time()
+
+    def log(self, step: int, **values: float) -> None:
+        record = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def progress(total: int, initial: int = 0, desc: str = "train") -> Any:
+    """A tqdm bar over steps; updates rarely when stderr is not a terminal (log files)."""
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, unit="step",
+                mininterval=0.5 if interactive else 30.0)

@@ -1,0 +1,30 @@
+"""Builds the studio's gr.Blocks: one function per tab, services passed in explicitly."""
+from __future__ import annotations
+
+import gradio as gr
+
+from .services import Services
+from .tabs.gallery import build_gallery_tab
+from .tabs.generate import build_generate_tab
+
+TITLE = "Multimodal Studio"
+
+
+def build_app(services: Services) -> gr.Blocks:
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"## {TITLE}\nOffline-first diffusion studio · device: **{services.device.device}** "
+                    f"({services.device.dtype_name}) · gallery: `{services.settings.gallery_dir}`")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Generate", id="generate"):
+                generate = build_generate_tab(services)
+            with gr.Tab("Gallery", id="gallery"):
+                gallery = build_gallery_tab(services, generate, tabs)
+        refresh_fn, refresh_inputs, refresh_outputs = gallery["refresh"]
+        choices_fn, choices_outputs = gallery["choices"]
+        # After every finished generation and on every page load the gallery shows the newest items.
+        generate.finished.then(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private",
+                               concurrency_limit=None)
+        demo.load(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private", concurrency_limit=None)
+        demo.load(choices_fn, None, choices_outputs, api_visibility="private", concurrency_limit=None)
+    demo.queue(default_concurrency_limit=8)
+    return demo

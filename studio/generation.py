@@ -1,0 +1,110 @@
+"""UI-free glue of the Generate tab: form values -> request, result -> gallery rows."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from typing import Any, Optional
+
+from PIL import Image
+
+from pipelines.previews import PreviewDecoder, make_sprite
+from pipelines.requests import MAX_SEED, ImageRequest, ImageResult
+
+from .gallery import Gallery
+
+MODEL_DEFAULT_SCHEDULER = "model default"
+
+
+def whole_number(value: Any, name: str) -> int:
+    """A form value as an int; floats must be whole, text must parse. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a whole number (got {value!r}).")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{name} must be a whole number (got {value!r}).")
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be a whole number (got {value!r}).")
+
+
+def number(value: Any, name: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number (got {value!r}).")
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number (got {value!r}).") from None
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be a finite number (got {value!r}).")
+    return result
+
+
+def resolve_seed(seed: Any) -> int:
+    """-1 (or empty) means a fresh random seed; anything else must be a valid seed."""
+    if seed is None or (isinstance(seed, str) and not seed.strip()):
+        seed = -1
+    value = whole_number(seed, "Seed")
+    if value == -1:
+        return random.SystemRandom().randint(0, 2**32 - 1)
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"Seed must be -1 (random) or a whole number from 0 to {MAX_SEED} (got {value}).")
+    return value
+
+
+def build_request(prompt: Any, negative_prompt: Any, steps: Any, guidance: Any, seed: Any, width: Any,
+                  height: Any, scheduler: Any, batch_size: Any) -> ImageRequest:
+    """Form values -> a validated-type request (range checks happen in the pipeline)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("Type a prompt first (for example: a red circle on a white background).")
+    sched = None if scheduler in (None, "", MODEL_DEFAULT_SCHEDULER) else str(scheduler)
+    return ImageRequest(
+        prompt=prompt, negative_prompt=negative_prompt if isinstance(negative_prompt, str) else "",
+        num_inference_steps=whole_number(steps, "Steps"), guidance_scale=number(guidance, "Guidance scale"),
+        seed=resolve_seed(seed), width=whole_number(width, "Width"), height=whole_number(height, "Height"),
+        scheduler=sched, num_images=whole_number(batch_size, "Batch size"),
+    )
+
+
+@dataclass(frozen=True)
+class TrajectoryFrames:
+    """Decoded previews of one image's run: x_t and the x0 estimate at every step."""
+
+    timesteps: tuple[float, ...]
+    noisy: list[Image.Image]
+    estimates: list[Image.Image]
+
+    def sprite(self) -> Image.Image:
+        return make_sprite([self.noisy, self.estimates])
+
+
+def decode_trajectory(decoder: PreviewDecoder, result: ImageResult, index: int) -> Optional[TrajectoryFrames]:
+    traj = result.trajectory
+    if traj is None:
+        return None
+    noisy = decoder.decode(traj.latents[:, index])  # (steps, C, h, w) -> steps images
+    estimates = decoder.decode(traj.pred_x0[:, index])
+    return TrajectoryFrames(traj.timesteps, noisy, estimates)
+
+
+def save_result(gallery: Gallery, result: ImageResult, frames: list[Optional[TrajectoryFrames]]) -> list[int]:
+    """One gallery row per image; each row's recipe regenerates that image alone."""
+    ids = []
+    for i, image in enumerate(result.images):
+        single = replace(result.request, seed=result.seeds[i], num_images=1)
+        params = replace(result, request=single).params()
+        traj = frames[i] if i < len(frames) else None
+        ids.append(gallery.save_image(
+            image, params=params,
+            fields={"media_type": "image", "family": result.family, "duration_s": result.duration_s,
+                    "status": "ok"},
+            trajectory=traj.sprite() if traj else None,
+            trajectory_frames=len(traj.noisy) if traj else 0,
+        ))
+    return ids

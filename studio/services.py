@@ -1,0 +1,48 @@
+"""The services every tab receives: built once in ``launch.py``, never at import time."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.devices import DeviceSpec, resolve_device
+from pipelines.families import ModelCache
+from pipelines.registry import BUILTIN_MODELS_DIR, ModelRegistry, default_hf_cache
+
+from .gallery import Gallery
+from .jobs import JobRegistry
+from .settings import Settings
+
+DEFAULT_MODEL_ID = "builtin/shapes-ldm"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    device: DeviceSpec
+    registry: ModelRegistry
+    models: ModelCache
+    gallery: Gallery
+    jobs: JobRegistry
+
+    def default_model_id(self) -> str | None:
+        ids = [e.id for e in self.registry.entries()]
+        if DEFAULT_MODEL_ID in ids:
+            return DEFAULT_MODEL_ID
+        return ids[0] if ids else None
+
+    def close(self) -> None:
+        self.gallery.close()
+
+
+def build_services(settings: Settings) -> Services:
+    """Open the gallery (raises GalleryError) and set up the registry and model cache."""
+    device = resolve_device(settings.device)
+    gallery = Gallery.open(Path(settings.gallery_dir), settings.db_url)
+    hf_cache = settings.hf_cache_dir or (default_hf_cache() if settings.use_hf_cache else None)
+    registry = ModelRegistry(
+        builtin_dir=settings.builtin_models_dir or BUILTIN_MODELS_DIR,
+        user_dir=Path(settings.models_dir),
+        hf_cache_dir=hf_cache,
+    )
+    return Services(settings=settings, device=device, registry=registry,
+                    models=ModelCache(registry, device), gallery=gallery, jobs=JobRegistry())

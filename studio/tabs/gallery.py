@@ -1,0 +1,194 @@
+"""Gallery tab: newest-first grid with paging, search and filters, a detail view with the
+trajectory scrubber, Recall, Delete and Favourite; and reading the recipe out of any PNG."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from pipelines.previews import sprite_frame
+
+from ..gallery import GalleryQuery, read_png_params
+from ..generation import MODEL_DEFAULT_SCHEDULER
+from ..services import Services
+from .generate import GenerateTab
+
+PAGE_SIZE = 24
+ANY = ""
+
+
+def _date(text: Any, name: str, end_of_day: bool = False) -> datetime | None:
+    if text is None or not str(text).strip():
+        return None
+    try:
+        day = datetime.strptime(str(text).strip(), "%Y-%m-%d")
+    except ValueError:
+        raise ValueError(f"{name} must be a date like 2026-01-31 (got {text!r}).") from None
+    return day + timedelta(days=1) if end_of_day else day
+
+
+def _optional_number(value: Any, name: str) -> float | None:
+    if value is None or not str(value).strip():
+        return None
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number (got {value!r}).") from None
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be a finite number (got {value!r}).")
+    return result
+
+
+def make_query(text, model_id, family, media_type, g_min, g_max, date_from, date_to, favourites, page) -> GalleryQuery:
+    return GalleryQuery(
+        text=text or "", model_id=model_id or None, family=family or None, media_type=media_type or None,
+        guidance_min=_optional_number(g_min, "Minimum guidance"), guidance_max=_optional_number(g_max, "Maximum guidance"),
+        created_after=_date(date_from, "From date"), created_before=_date(date_to, "To date", end_of_day=True),
+        favourites_only=bool(favourites), page=int(page), page_size=PAGE_SIZE,
+    )
+
+
+def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs) -> dict[str, Any]:
+    gallery = services.gallery
+    with gr.Row():
+        search = gr.Textbox(label="Search prompts", scale=3, elem_id="gallery-search")
+        model = gr.Dropdown([ANY], value=ANY, label="Model", scale=2, allow_custom_value=True)
+        family = gr.Dropdown([ANY], value=ANY, label="Family", scale=1, allow_custom_value=True)
+        media = gr.Dropdown([ANY, "image", "audio", "video"], value=ANY, label="Media", scale=1)
+    with gr.Row():
+        g_min = gr.Textbox(label="Guidance ≥", placeholder="any")
+        g_max = gr.Textbox(label="Guidance ≤", placeholder="any")
+        date_from = gr.Textbox(label="From (YYYY-MM-DD)")
+        date_to = gr.Textbox(label="To (YYYY-MM-DD)")
+        favourites = gr.Checkbox(False, label="Favourites only")
+        search_btn = gr.Button("Search", variant="primary")
+    with gr.Row():
+        prev_btn = gr.Button("◀ Newer", size="sm")
+        page_info = gr.Markdown("", elem_id="gallery-page-info")
+        next_btn = gr.Button("Older ▶", size="sm")
+    grid = gr.Gallery(label="Generations (newest first)", columns=6, height=420, allow_preview=False,
+                      elem_id="gallery-grid", interactive=False)
+    page = gr.State(1)
+    page_ids = gr.State([])
+    selected = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=2):
+            detail_image = gr.Image(label="Selected", type="filepath", height=320, interactive=False)
+            with gr.Row():
+                recall_btn = gr.Button("↩ Recall into Generate", variant="primary")
+                fav_btn = gr.Button("☆ Favourite")
+                delete_btn = gr.Button("🗑 Delete", variant="stop")
+            detail_status = gr.Markdown("Select an item.")
+        with gr.Column(scale=3):
+            d_step = gr.Slider(1, 2, value=1, step=1, label="Trajectory step")
+            with gr.Row():
+                d_noisy = gr.Image(label="x_t", type="pil", height=160, interactive=False)
+                d_x0 = gr.Image(label="x0 estimate", type="pil", height=160, interactive=False)
+            detail_params = gr.JSON(label="Parameters")
+    with gr.Accordion("Read the recipe out of a PNG file", open=False):
+        png_file = gr.File(label="PNG made by this studio", file_types=[".png"], type="filepath")
+        png_params = gr.JSON(label="Parameters found in the file")
+
+    filters = [search, model, family, media, g_min, g_max, date_from, date_to, favourites]
+
+    def load_page(*values):
+        *filter_values, page_no = values
+        try:
+            query = make_query(*filter_values, page_no)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        rows, total = gallery.search(query)
+        pages = max(1, math.ceil(total / PAGE_SIZE))
+        items = [(str(gallery.store.resolve(r.thumb_path or r.media_path)), f"#{r.id} {r.prompt[:60]}") for r in rows]
+        info = f"Page {query.page} of {pages} · {total} item{'s' if total != 1 else ''}"
+        return items, info, [r.id for r in rows], query.page
+
+    def refresh_choices():
+        return (gr.Dropdown(choices=[ANY] + gallery.distinct_values("model_id")),
+                gr.Dropdown(choices=[ANY] + gallery.distinct_values("family")))
+
+    page_outputs = [grid, page_info, page_ids, page]
+    search_event = dict(fn=load_page, outputs=page_outputs, concurrency_limit=None)
+    search_btn.click(inputs=filters + [gr.State(1)], api_name="gallery_search", **search_event)
+    search.submit(inputs=filters + [gr.State(1)], api_visibility="private", **search_event)
+    prev_btn.click(lambda p: max(1, p - 1), page, page, queue=False).then(
+        inputs=filters + [page], api_visibility="private", **search_event)
+    next_btn.click(lambda p: p + 1, page, page, queue=False).then(
+        inputs=filters + [page], api_visibility="private", **search_event)
+
+    def show(ids, gen_id, step):
+        row = gallery.get(gen_id) if gen_id is not None else None
+        if row is None:
+            return None, "Select an item.", None, None, None, gr.Slider(), "☆ Favourite"
+        path = str(gallery.store.resolve(row.media_path))
+        noisy, x0, steps = _trajectory(gallery, row, step)
+        info = f"#{row.id} · {row.model_id} · {row.created_at:%Y-%m-%d %H:%M} · {row.status}"
+        return (path, info, row.params, noisy, x0, gr.Slider(maximum=max(steps, 2), value=min(step, max(steps, 1))),
+                "★ Favourite" if row.favourite else "☆ Favourite")
+
+    def on_select(ids, evt: gr.SelectData):
+        gen_id = ids[evt.index] if evt.index is not None and evt.index < len(ids) else None
+        row = gallery.get(gen_id) if gen_id is not None else None
+        return (gen_id, *show(ids, gen_id, row.trajectory_frames if row else 1))
+
+    detail_outputs = [detail_image, detail_status, detail_params, d_noisy, d_x0, d_step, fav_btn]
+    grid.select(on_select, page_ids, [selected] + detail_outputs, concurrency_limit=None, api_visibility="private")
+    d_step.input(lambda gid, s: show([], gid, int(s))[3:5], [selected, d_step], [d_noisy, d_x0], queue=False,
+                 api_visibility="private")
+
+    def recall(gen_id):
+        row = gallery.get(gen_id) if gen_id is not None else None
+        if row is None:
+            raise gr.Error("Select a gallery item to recall.")
+        p = row.params or {}
+        sched = p.get("scheduler") or MODEL_DEFAULT_SCHEDULER
+        return (row.model_id, row.prompt, row.negative_prompt or "", p.get("num_inference_steps", row.steps),
+                p.get("guidance_scale", row.guidance), row.seed, p.get("width", row.width),
+                p.get("height", row.height), sched, 1, gr.Tabs(selected="generate"))
+
+    recall_btn.click(recall, selected, generate.recall_outputs() + [tabs], queue=False, api_name="recall")
+
+    def toggle_favourite(gen_id):
+        row = gallery.get(gen_id) if gen_id is not None else None
+        if row is None:
+            raise gr.Error("Select a gallery item first.")
+        gallery.set_favourite(gen_id, not row.favourite)
+        return "☆ Favourite" if row.favourite else "★ Favourite"
+
+    fav_btn.click(toggle_favourite, selected, fav_btn, queue=False, api_visibility="private")
+
+    def delete(gen_id):
+        if gen_id is None or not gallery.delete(gen_id):
+            raise gr.Error("Select a gallery item to delete.")
+        return None, f"Deleted #{gen_id} and its files.", None, None, None
+
+    delete_btn.click(delete, selected, [selected, detail_status, detail_image, detail_params, d_x0],
+                     queue=False, api_name="delete").then(inputs=filters + [page], api_visibility="private",
+                                                           **search_event)
+
+    def read_png(path):
+        if not path:
+            return None
+        try:
+            found = read_png_params(open(path, "rb").read())
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        if found is None:
+            gr.Warning("This PNG carries no studio parameters.")
+        return found
+
+    png_file.upload(read_png, png_file, png_params, queue=False, api_visibility="private")
+    return {"refresh": (load_page, filters + [page], page_outputs), "choices": (refresh_choices, [model, family])}
+
+
+def _trajectory(gallery, row, step: int) -> tuple[Image.Image | None, Image.Image | None, int]:
+    if not row.trajectory_path or row.trajectory_frames < 1:
+        return None, None, 0
+    n = row.trajectory_frames
+    with Image.open(gallery.store.resolve(row.trajectory_path)) as sprite:
+        sprite.load()
+        k = min(max(int(step), 1), n) - 1
+        return sprite_frame(sprite, n, 0, k), sprite_frame(sprite, n, 1, k), n

@@ -1,0 +1,222 @@
+"""Generate tab: prompt -> image, with live x0 previews, honest phases, Cancel and a trajectory scrubber."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import gradio as gr
+
+from pipelines.events import GenerationCancelled
+from pipelines.model_files import native_image_size
+from pipelines.registry import ModelLoadError
+from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from pipelines.streaming import Finished, iterate_steps
+
+from ..generation import (MODEL_DEFAULT_SCHEDULER, TrajectoryFrames, build_request, decode_trajectory,
+                          save_result)
+from ..services import Services
+
+PREVIEW_EVERY_S = 0.2  # decode a live preview at most this often (the run itself never waits)
+EXAMPLE_PROMPTS = [
+    "a red circle",
+    "a large blue square on a white background",
+    "a small yellow star in the top left on a black background",
+    "a green triangle at the bottom on a gray background",
+    "a purple star",  # a hold-out pair: never seen in training
+    "a pink cross on the right",
+]
+
+
+@dataclass
+class GenerateTab:
+    """The components other tabs fill in (Recall) or listen to."""
+
+    model: gr.Dropdown
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    steps: gr.Slider
+    guidance: gr.Slider
+    seed: gr.Number
+    width: gr.Slider
+    height: gr.Slider
+    scheduler: gr.Dropdown
+    batch_size: gr.Slider
+    finished: Any  # the event after a generation completed (for chaining gallery refreshes)
+
+    def recall_outputs(self) -> list:
+        return [self.model, self.prompt, self.negative_prompt, self.steps, self.guidance, self.seed,
+                self.width, self.height, self.scheduler, self.batch_size]
+
+
+def model_choices(services: Services) -> list[tuple[str, str]]:
+    return [(e.label, e.id) for e in services.registry.entries()]
+
+
+def _show_step(frames: list[TrajectoryFrames] | None, image_index: Any, step: Any):
+    if not frames:
+        return None, None, "No trajectory yet."
+    i = min(max(int(image_index or 1) - 1, 0), len(frames) - 1)
+    traj = frames[i]
+    k = min(max(int(step or 1) - 1, 0), len(traj.noisy) - 1)
+    caption = f"Image {i + 1}, step {k + 1} of {len(traj.noisy)} (timestep {traj.timesteps[k]:g})"
+    return traj.noisy[k], traj.estimates[k], caption
+
+
+def build_generate_tab(services: Services) -> GenerateTab:
+    default_model = services.default_model_id()
+    entry_size = (native_image_size(services.registry.get(default_model).path) if default_model else None) or 512
+    with gr.Row():
+        with gr.Column(scale=2):
+            with gr.Row():
+                model = gr.Dropdown(model_choices(services), value=default_model, label="Model", scale=4,
+                                    allow_custom_value=True,
+                                    info=None if default_model else "No models found: see the README's model section.")
+                refresh = gr.Button("↻ Rescan models", scale=1, size="sm")
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a small red circle in the top left")
+            negative = gr.Textbox(label="Negative prompt", lines=1)
+            gr.Examples(EXAMPLE_PROMPTS, inputs=[prompt], label="Example prompts (Shapes world vocabulary)")
+            with gr.Row():
+                steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
+                guidance = gr.Slider(0, 30, value=7.5, step=0.5, label="Guidance scale")
+            with gr.Row():
+                seed = gr.Number(value=-1, label="Seed (-1 = random)")
+                random_seed = gr.Button("🎲 Random", size="sm")
+                reuse_seed = gr.Button("♻ Reuse last seed", size="sm")
+            with gr.Row():
+                width = gr.Slider(16, 1024, value=entry_size, step=8, label="Width")
+                height = gr.Slider(16, 1024, value=entry_size, step=8, label="Height")
+            with gr.Row():
+                scheduler = gr.Dropdown([(MODEL_DEFAULT_SCHEDULER, MODEL_DEFAULT_SCHEDULER)]
+                                        + [(c.label, c.name) for c in SCHEDULERS.values()],
+                                        value=DEFAULT_SCHEDULER, label="Scheduler")
+                batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
+        with gr.Column(scale=3):
+            status = gr.Markdown("Ready.", elem_id="generate-status")
+            preview = gr.Image(label="Live preview: the model's current estimate of the clean image (x0)",
+                               type="pil", height=256, interactive=False)
+            results = gr.Gallery(label="Result", columns=4, height=300, type="pil", elem_id="generate-result",
+                                 format="png", interactive=False)
+            with gr.Accordion("Trajectory: scrub through every step", open=True):
+                with gr.Row():
+                    traj_image = gr.Radio(["1"], value="1", label="Image of the batch")
+                    traj_step = gr.Slider(1, 150, value=1, step=1, label="Step")
+                traj_caption = gr.Markdown("No trajectory yet.")
+                with gr.Row():
+                    traj_noisy = gr.Image(label="x_t (noisy latent)", type="pil", height=192, interactive=False)
+                    traj_x0 = gr.Image(label="x0 estimate", type="pil", height=192, interactive=False)
+            params = gr.JSON(label="Exact parameters")
+    frames_state = gr.State(None)
+    last_seed = gr.State(None)
+
+    def generate_fn(model_id, prompt_v, negative_v, steps_v, guidance_v, seed_v, width_v, height_v, sched_v,
+                    batch_v, request: gr.Request, progress=gr.Progress()) -> Iterator[dict]:
+        try:
+            req = build_request(prompt_v, negative_v, steps_v, guidance_v, seed_v, width_v, height_v, sched_v,
+                                batch_v)
+            if not model_id:
+                raise ValueError("Pick a model first (none is selected).")
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        key = request.session_hash if request is not None else "api"
+        flag = services.jobs.start(key)
+        try:
+            yield from _run(services, model_id, req, flag, progress, outputs)
+        finally:
+            services.jobs.finish(key, flag)
+
+    outputs = {"status": status, "preview": preview, "results": results, "params": params,
+               "frames": frames_state, "step": traj_step, "image": traj_image, "noisy": traj_noisy,
+               "x0": traj_x0, "caption": traj_caption, "last_seed": last_seed}
+    inputs = [model, prompt, negative, steps, guidance, seed, width, height, scheduler, batch_size]
+    event = generate.click(generate_fn, inputs, list(outputs.values()), api_name="generate",
+                           concurrency_limit=1, concurrency_id=f"model-{services.device.device}")
+    prompt.submit(generate_fn, inputs, list(outputs.values()), api_visibility="private",
+                  concurrency_limit=1, concurrency_id=f"model-{services.device.device}")
+
+    def cancel_fn(request: gr.Request) -> str:
+        stopped = services.jobs.cancel(request.session_hash if request is not None else "api")
+        return "Cancelling: the run stops after the current step." if stopped else "Nothing is running."
+
+    cancel.click(cancel_fn, None, status, queue=False, api_name="cancel")
+    for comp in (traj_image, traj_step):
+        comp.input(_show_step, [frames_state, traj_image, traj_step], [traj_noisy, traj_x0, traj_caption],
+                   queue=False, api_visibility="private")
+    random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")
+    reuse_seed.click(lambda s: s if s is not None else -1, last_seed, seed, queue=False, api_visibility="private")
+
+    def rescan(current):
+        services.registry.refresh()
+        choices = model_choices(services)
+        ids = [c[1] for c in choices]
+        return gr.Dropdown(choices=choices, value=current if current in ids else (ids[0] if ids else None))
+
+    refresh.click(rescan, model, model, queue=False, api_visibility="private")
+
+    def on_model_change(model_id):
+        try:
+            size = native_image_size(services.registry.get(model_id).path) if model_id else None
+        except ModelLoadError:
+            size = None
+        return (gr.Slider(value=size), gr.Slider(value=size)) if size else (gr.Slider(), gr.Slider())
+
+    model.input(on_model_change, model, [width, height], queue=False, api_visibility="private")
+    return GenerateTab(model, prompt, negative, steps, guidance, seed, width, height, scheduler, batch_size,
+                       finished=event)
+
+
+def _run(services: Services, model_id: str, req, flag, progress, out: dict) -> Iterator[dict]:
+    started = time.perf_counter()
+    if not services.models.is_loaded(model_id):
+        yield {out["status"]: f"Loading model `{model_id}` ..."}
+    try:
+        model = services.models.get(model_id)
+    except ModelLoadError as exc:
+        raise gr.Error(str(exc)) from None
+    progress(0, desc="Encoding prompt")
+    yield {out["status"]: "Encoding prompt ...", out["preview"]: None}
+    run = lambda on_step: model.generate(req, on_step=on_step, cancel=flag)  # noqa: E731
+    last_preview, result = 0.0, None
+    try:
+        for item in iterate_steps(run, flag):
+            if isinstance(item, Finished):
+                result = item.result
+                break
+            k, n = item.step + 1, item.num_steps
+            progress((k, n), desc=f"Denoising step {k}/{n}")
+            update = {out["status"]: f"Denoising: step {k} of {n}" + (" · decoding ..." if k == n else "")}
+            now = time.perf_counter()
+            if item.pred_x0 is not None and (now - last_preview >= PREVIEW_EVERY_S or k == n):
+                update[out["preview"]] = model.preview.decode(item.pred_x0[:1])[0]
+                last_preview = now
+            yield update
+    except GenerationCancelled as exc:
+        yield {out["status"]: f"Cancelled after {exc.completed_steps} of {req.num_inference_steps} steps; "
+                              "nothing was saved."}
+        return
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    for warning in result.warnings:
+        gr.Warning(warning)
+    progress(1.0, desc="Saving")
+    yield {out["status"]: "Saving to the gallery ..."}
+    frames = [decode_trajectory(model.preview, result, i) for i in range(len(result.images))]
+    ids = save_result(services.gallery, result, frames)
+    noisy, x0, caption = _show_step(frames if frames[0] else None, 1, len(frames[0].noisy) if frames[0] else 1)
+    elapsed = time.perf_counter() - started
+    notes = "".join(f"\n\n⚠ {w}" for w in result.warnings)
+    yield {
+        out["status"]: f"Done in {elapsed:.2f} s (sampling {result.duration_s:.2f} s) · seed {result.seeds[0]} · "
+                       f"saved as gallery #{', #'.join(map(str, ids))}{notes}",
+        out["results"]: result.images,
+        out["params"]: result.params() | {"seeds": result.seeds, "gallery_ids": ids},
+        out["frames"]: frames if frames[0] else None,
+        out["step"]: gr.Slider(maximum=max(len(frames[0].noisy), 2) if frames[0] else 2,
+                               value=len(frames[0].noisy) if frames[0] else 1),
+        out["image"]: gr.Radio([str(i + 1) for i in range(len(result.images))], value="1"),
+        out["noisy"]: noisy, out["x0"]: x0, out["caption"]: caption,
+        out["last_seed"]: result.seeds[0],
+    }

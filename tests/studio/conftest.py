@@ -1,0 +1,63 @@
+"""A real studio process on a free port, serving the tiny models (for API and browser tests)."""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StudioProcess:
+    def __init__(self, models_dir: Path, gallery_dir: Path):
+        self.models_dir, self.gallery_dir = models_dir, gallery_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.proc = None
+
+    def start(self, timeout: float = 120) -> "StudioProcess":
+        self.log = open(self.gallery_dir.parent / f"studio-{self.port}.log", "w")
+        cmd = [sys.executable, str(ROOT / "launch.py"), "--port", str(self.port), "--models-dir", str(self.models_dir),
+               "--gallery-dir", str(self.gallery_dir), "--no-browser", "--no-hf-cache", "--device", "cpu"]
+        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"studio exited with {self.proc.returncode}: {self.read_log()}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"studio did not start in {timeout}s: {self.read_log()}")
+
+    def read_log(self) -> str:
+        self.log.flush()
+        return (self.gallery_dir.parent / f"studio-{self.port}.log").read_text()[-3000:]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def studio(tiny_models_dir, tmp_path_factory):
+    proc = StudioProcess(tiny_models_dir, tmp_path_factory.mktemp("studio") / "gallery").start()
+    yield proc
+    proc.stop()

@@ -1,0 +1,60 @@
+"""The studio's Generate action through gradio_client against a running studio."""
+import pytest
+from gradio_client import Client
+
+from studio.gallery import Gallery
+
+
+@pytest.fixture(scope="module")
+def client(studio):
+    return Client(studio.url, verbose=False)
+
+
+def test_generate_through_the_api_is_saved_in_the_gallery(client, studio):
+    status, _preview, images, params, *_ = client.predict(
+        "local/tiny-sd", "a red circle on a white background", "", 3, 5.0, 1234, 16, 16, "euler", 2,
+        api_name="/generate")
+    assert status.startswith("Done") and "seed 1234" in status
+    assert len(images) == 2
+    assert params["seeds"] == [1234, 1235] and params["scheduler"] == "euler"
+    gallery = Gallery.open(studio.gallery_dir)
+    try:
+        rows = [gallery.get(i) for i in params["gallery_ids"]]
+        assert [r.seed for r in rows] == [1234, 1235]
+        assert all(r.trajectory_frames == 3 and r.params["num_images"] == 1 for r in rows)
+    finally:
+        gallery.close()
+
+
+def test_same_seed_through_the_api_gives_the_same_pixels(client):
+    from PIL import Image
+    import numpy as np
+
+    runs = [client.predict("local/tiny-sd", "a blue square", "", 2, 7.5, 77, 16, 16, "dpmpp_2m", 1,
+                           api_name="/generate")[2][0]["image"] for _ in range(2)]
+    a, b = (np.asarray(Image.open(p)) for p in runs)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # Gradio itself refuses slider values outside the slider's range.
+        (("local/tiny-sd", "a red circle", "", 0, 7.5, 1, 16, 16, "ddim", 1), "less than minimum value 1"),
+        (("local/tiny-sd", "a red circle", "", 10**6, 7.5, 1, 16, 16, "ddim", 1), "greater than maximum"),
+        (("local/tiny-sd", "a red circle", "", 2, -1.0, 1, 16, 16, "ddim", 1), "less than minimum value 0"),
+        (("local/tiny-sd", "a red circle", "", 2, 7.5, 1, 20, 16, "ddim", 1), "multiple of 8"),
+        (("local/tiny-sd", "a red circle", "", 2, 7.5, 1.5, 16, 16, "ddim", 1), "Seed"),
+        (("no/such-model", "a red circle", "", 2, 7.5, 1, 16, 16, "ddim", 1), "Unknown model id"),
+        (("local/tiny-sd", "   ", "", 2, 7.5, 1, 16, 16, "ddim", 1), "prompt"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_saves_nothing(client, studio, args, message):
+    gallery = Gallery.open(studio.gallery_dir)
+    try:
+        before = gallery.count()
+        with pytest.raises(Exception, match=message):
+            client.predict(*args, api_name="/generate")
+        assert gallery.count() == before and gallery.integrity_check() == "ok"
+    finally:
+        gallery.close()

@@ -1,0 +1,51 @@
+"""A person's path in real Chromium: prompt, Generate, the image, the Gallery, a reload."""
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium")
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run"]
+
+
+@pytest.fixture()
+def page():
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        yield page
+        browser.close()
+
+
+def _gallery_count(page) -> int:
+    page.get_by_role("tab", name="Gallery").click()
+    info = page.locator("#gallery-page-info")
+    info.get_by_text("item").wait_for(timeout=30_000)
+    text = info.inner_text()  # "Page 1 of 1 · 3 items"
+    return int(text.split("·")[1].split()[0])
+
+
+def test_generate_in_the_browser_then_find_it_in_the_gallery_after_reload(studio, page):
+    page.goto(studio.url)
+    before = _gallery_count(page)
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_label("Prompt", exact=True).fill("a yellow star in the top left")
+    page.click("#generate-button")
+    page.wait_for_function("document.querySelector('#generate-status').innerText.includes('Done')",
+                           timeout=90_000)
+    assert page.locator("#generate-result img").count() >= 1
+    after = before + 1
+    page.get_by_role("tab", name="Gallery").click()
+    # The grid refreshes itself once the generation is saved.
+    page.wait_for_function(f"document.querySelector('#gallery-page-info').innerText.includes('· {after} item')",
+                           timeout=30_000)
+    assert page.locator("#gallery-grid img").count() == min(after, 24)
+    page.reload()
+    assert _gallery_count(page) == after
+    assert "a yellow star in the top left" in page.locator("#gallery-grid").inner_text()
