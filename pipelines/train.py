@@ -21,6 +21,8 @@ from typing import Any
 # target name -> "module:function" (the function receives the parsed argparse.Namespace)
 TARGETS: dict[str, str] = {
     "clip": "pipelines.training.clip:main",
+    "vae": "pipelines.training.vae:main",
+    "ldm": "pipelines.training.ldm:main",
 }
 
 

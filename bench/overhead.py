@@ -1,0 +1,102 @@
+"""Studio generate path vs a direct diffusers call: same model, seed, steps, scheduler.
+
+Runs the variants interleaved (round-robin, rotating the order each round) so that drifting
+machine load hits them alike, and prints medians and the ratios to raw diffusers:
+
+    python -m bench.overhead                      # builtin/shapes-ldm if present, else a tiny model
+    python -m bench.overhead --model local/my-sd --models-dir models --rounds 15
+
+Goals (issue 2): <= 1.03 without trajectory capture, <= 1.10 with it.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _pick_model(args):
+    from pipelines.registry import ModelRegistry
+
+    registry = ModelRegistry(user_dir=args.models_dir, hf_cache_dir=None)
+    if args.model:
+        return registry.get(args.model)
+    ids = {e.id: e for e in registry.entries()}
+    if "builtin/shapes-ldm" in ids:
+        return ids["builtin/shapes-ldm"]
+    from pipelines.tiny import build_tiny_sd
+
+    folder = Path(tempfile.mkdtemp()) / "bench-sd"
+    build_tiny_sd(folder, sample_size=16, block_channels=(32, 64, 128))
+    print(f"(no builtin model yet: using a random-weight SD of the builtin's shape at {folder})")
+    return ModelRegistry(builtin_dir=None, user_dir=folder.parent).get("local/bench-sd")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model id (default: builtin/shapes-ldm or a tiny model)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--scheduler", default="dpmpp_2m")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from diffusers import StableDiffusionPipeline
+
+    from pipelines.devices import resolve_device
+    from pipelines.latent_diffusion import LatentDiffusion
+    from pipelines.requests import ImageRequest
+
+    entry = _pick_model(args)
+    device = resolve_device("cpu")
+    studio = LatentDiffusion.load(entry, device)
+    raw = StableDiffusionPipeline.from_pretrained(entry.path, use_safetensors=True, safety_checker=None,
+                                                  feature_extractor=None, requires_safety_checker=False)
+    raw.set_progress_bar_config(disable=True)
+    raw.scheduler = studio.scheduler_for(args.scheduler)
+    size = studio.native_size
+    prompt, seed = "a small red circle in the top left on a black background", 1234
+
+    def run_raw():
+        raw(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, height=size, width=size,
+            generator=torch.Generator("cpu").manual_seed(seed))
+
+    def run_studio(capture: bool, previews: bool):
+        on_step = (lambda e: studio.preview.decode(e.pred_x0[:1])) if previews else None
+        studio.generate(ImageRequest(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                     seed=seed, scheduler=args.scheduler, capture_trajectory=capture),
+                        on_step=on_step)
+
+    variants = {
+        "raw diffusers": run_raw,
+        "studio, no capture": lambda: run_studio(False, False),
+        "studio, trajectory capture": lambda: run_studio(True, False),
+        "studio, capture + x0 preview every step": lambda: run_studio(True, True),
+    }
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["raw diffusers"])
+    print(f"model {entry.id}, {size}x{size}, {args.steps} steps {args.scheduler}, guidance {args.guidance}, "
+          f"{args.rounds} interleaved rounds, {args.threads} threads")
+    print(f"{'variant':42s} {'median s':>9s} {'ratio':>7s}")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"{name:42s} {med:9.4f} {med / base:7.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Train the shapes-ldm denoiser: ``python -m pipelines.train ldm``.
+
+Latent diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
+Models"): a diffusers ``UNet2DConditionModel`` denoises 16x16x4 VAE latents, conditioned through
+cross-attention on the frozen shapes-clip text encoder's per-token hidden states. Training is
+DDPM's epsilon objective (Ho et al. 2020, "Denoising Diffusion Probabilistic Models") on SD's
+schedule (scaled_linear betas 0.00085-0.012, 1000 steps), weighted per timestep by Min-SNR-gamma
+(Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"; weight
+``min(SNR, gamma) / SNR``), which leaves the optimum unchanged but spends less capacity on
+near-clean timesteps. Captions are dropped to "" with probability ``--uncond-prob`` so one network
+also models the unconditional score for classifier-free guidance (Ho & Salimans 2022). AdamW with
+warm-up + cosine LR, gradient clipping, and an EMA of the weights (what ships).
+
+Inputs come from :mod:`pipelines.training.latents`: a cached latent pool with recipes (captions
+re-sampled each step with attribute dropping) and a table of every caption's embedding.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.training import common, latents as lat
+
+SCHEDULER_CFG: dict[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                                 "beta_schedule": "scaled_linear", "steps_offset": 1, "clip_sample": False,
+                                 "set_alpha_to_one": False, "prediction_type": "epsilon"}
+
+
+def unet_config(widths: tuple[int, ...] = (32, 64, 128), cross_dim: int = 128, heads: int = 4,
+                layers: int = 2) -> dict[str, Any]:
+    """UNet: plain ResNet blocks at 16x16, cross-attention at 8x8 and 4x4 (and in the middle)."""
+    n = len(widths)
+    return {"sample_size": 16, "in_channels": 4, "out_channels": 4, "block_out_channels": list(widths),
+            "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1),
+            "up_block_types": ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"],
+            "layers_per_block": layers, "cross_attention_dim": cross_dim, "attention_head_dim": heads,
+            "norm_num_groups": min(32, widths[0])}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """LDM defaults (batch 128, lr 1e-3, checkpoints every 200 steps) and options."""
+    parser.set_defaults(steps=6000, batch_size=128, lr=1e-3, checkpoint_every=200)
+    parser.add_argument("--vae-dir", type=Path, default=Path("runs/vae/out"))
+    parser.add_argument("--clip-dir", type=Path, default=Path("assets/clip/shapes-clip"))
+    parser.add_argument("--random-text", action="store_true", help="random-weight text encoder (tests)")
+    parser.add_argument("--latents", type=Path, default=None, help="latent pool (default <run-dir>/latents.pt)")
+    parser.add_argument("--pool", type=int, default=50_000, help="renders in the latent pool")
+    parser.add_argument("--widths", type=str, default="32,64,128")
+    parser.add_argument("--uncond-prob", type=float, default=0.1)
+    parser.add_argument("--drop-prob", type=float, default=0.3, help="per-attribute caption dropping")
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--min-lr-ratio", type=float, default=0.05)
+    parser.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR weighting (0: plain MSE)")
+
+
+def prepare_text(args: argparse.Namespace) -> Path:
+    """Export the frozen text encoder + tokenizer to ``<run-dir>/text`` (the exact files that ship)."""
+    from pipelines import mini_clip
+
+    folder = Path(args.run_dir) / "text"
+    if (folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir():
+        return folder
+    if args.random_text:
+        mini_clip.export_text_encoder(mini_clip.create_model(seed=args.seed), folder / "text_encoder",
+                                      tokenizer_dir=folder / "tokenizer")
+    else:
+        mini_clip.export_sd_text_parts(Path(args.clip_dir), folder)
+    return folder
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``min(SNR(t), gamma) / SNR(t)`` for the epsilon objective (ones when gamma <= 0)."""
+    if gamma <= 0:
+        return torch.ones(len(t))
+    a = alphas_cumprod[t]
+    snr = a / (1 - a)
+    return snr.clamp(max=gamma) / snr
+
+
+def sample_captions(pool: dict[str, Any], rows: np.ndarray, rng: np.random.Generator, drop_prob: float,
+                    uncond_prob: float) -> list[str]:
+    """Fresh captions for pool rows: attributes dropped at random, some replaced by ""."""
+    from pipelines.worlds import shapes
+
+    out = []
+    for r in rows:
+        text = shapes.caption(lat.tensor_to_recipe(pool["recipes"][r]), rng, drop_prob)
+        out.append("" if rng.random() < uncond_prob else text)
+    return out
+
+
+def export_unet(run_dir: Path, out: Path, use_ema: bool = True) -> Path:
+    """Save the (EMA) UNet of ``<run-dir>/checkpoint.pt`` as a diffusers folder."""
+    from diffusers import UNet2DConditionModel
+
+    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    unet = UNet2DConditionModel(**json.loads(state["extra"]["unet_config"]))
+    unet.load_state_dict(state["model"])
+    if use_ema and state.get("ema") is not None:
+        unet.load_state_dict({k: v for k, v in state["ema"]["shadow"].items()}, strict=False)
+    unet.save_pretrained(out, safe_serialization=True)
+    (Path(out) / "training.json").write_text(json.dumps({"step": int(state["step"]), **{
+        k: v for k, v in state["extra"].items() if k != "unet_config"}}, indent=2))
+    return Path(out)
+
+
+def main(args: argparse.Namespace) -> dict[str, float]:
+    """Train (resumably); export the EMA UNet to ``--out`` (default ``<run-dir>/unet``) at the end."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.set_num_threads(args.threads)
+    common.seed_everything(args.seed)
+    run_dir = Path(args.run_dir)
+    text = prepare_text(args)
+    table = lat.CaptionTable.build(text / "text_encoder", text / "tokenizer", cache=run_dir / "captions.pt")
+    pool_path = Path(args.latents) if args.latents is not None else run_dir / "latents.pt"
+    if not pool_path.is_file():
+        lat.build_latent_pool(Path(args.vae_dir), pool_path, args.pool, seed=args.seed + 10_000)
+    pool = lat.load_latent_pool(pool_path)
+    latents_all = pool["latents"]
+    cfg = unet_config(tuple(int(w) for w in args.widths.split(",")), cross_dim=int(table.embeddings.shape[-1]))
+    unet = UNet2DConditionModel(**cfg).train()
+    n_params = sum(p.numel() for p in unet.parameters())
+    noise_sched = DDPMScheduler(**SCHEDULER_CFG)
+    alphas = noise_sched.alphas_cumprod.float()
+    optimizer = torch.optim.AdamW(common.decay_groups(unet, 0.01), lr=args.lr, betas=(0.9, 0.999))
+    ema = common.EMA(unet, decay=args.ema_decay)
+    ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
+    extra = {"unet_config": json.dumps(cfg), "text_hash": lat.file_hash(text / "text_encoder"),
+             "vae_hash": str(pool.get("vae_hash", "")), "scaling_factor": float(pool["scaling_factor"])}
+    start = 0
+    if args.resume:
+        state = ckpt.load(unet, optimizer, ema)
+        if state is not None:
+            start = int(state["step"])
+            if state["extra"].get("text_hash") != extra["text_hash"]:
+                raise RuntimeError("checkpoint was trained on another text encoder; start a fresh run")
+    log = common.LossLog(run_dir / "loss.jsonl", resume_step=start if args.resume else None)
+    (run_dir / "config.json").write_text(json.dumps({"unet": cfg, "params": n_params, "scheduler": SCHEDULER_CFG,
+                                                     "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+    stop = min(args.steps, args.stop_at) if args.stop_at is not None else args.steps
+    bar = common.progress(args.steps, initial=start, desc=f"ldm {n_params / 1e6:.1f}M")
+    t0 = time.time()
+    for step in range(start, stop):
+        lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=args.min_lr_ratio)
+        common.set_lr(optimizer, lr)
+        rng = common.step_rng(args.seed, step)
+        rows = rng.integers(len(latents_all), size=args.batch_size)
+        x0 = latents_all[torch.from_numpy(rows)].float()
+        cond = table.lookup(sample_captions(pool, rows, rng, args.drop_prob, args.uncond_prob))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(x0),), generator=gen)
+        pred = unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per * min_snr_weights(alphas, t, args.snr_gamma)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = common.clip_grad(unet.parameters(), 1.0)
+        optimizer.step()
+        ema.decay = min(args.ema_decay, (1 + step) / (10 + step))  # EMA warm-up (ships early checkpoints)
+        ema.update(unet)
+        log.log(step + 1, loss=loss.item(), mse=per.mean().item(), lr=lr, grad_norm=gnorm)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        if ckpt.due(step + 1) or step + 1 == stop:
+            ema.decay = args.ema_decay
+            ckpt.save(step + 1, unet, optimizer, ema, extra=extra)
+    bar.close()
+    result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
+    if stop < args.steps:
+        print(f"stopped at step {stop}/{args.steps}; resume with --resume")
+        return result
+    export_unet(run_dir, Path(args.out) if args.out is not None else run_dir / "unet")
+    print(json.dumps(result))
+    return result

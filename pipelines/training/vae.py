@@ -1,0 +1,149 @@
+"""Train the shapes-ldm autoencoder: ``python -m pipelines.train vae``.
+
+A small diffusers ``AutoencoderKL`` (Kingma & Welling 2014, "Auto-Encoding Variational Bayes";
+used as the first stage of latent diffusion, Rombach et al. 2022, "High-Resolution Image Synthesis
+with Latent Diffusion Models") maps a 64x64x3 Shapes render to a 16x16x4 latent (two 2x
+downsamples). The loss is L1 + L2 reconstruction plus a tiny KL term (weight ~1e-6, the
+"KL-reg" variant of LDM), so the latent space stays close to deterministic but smooth.
+
+After training, ``scaling_factor`` in the saved config is set to 1 / std of the latents of a few
+thousand renders, so that the diffusion model sees unit-variance latents (as SD's 0.18215).
+Batches are rendered from ``(seed, step)``, so a resumed run sees exactly the same data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.training import common
+
+VAE_CFG: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 64,
+    "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [32, 64, 128], "layers_per_block": 1, "norm_num_groups": 32,
+    "mid_block_add_attention": False,
+}
+TINY_CFG: dict[str, Any] = {**VAE_CFG, "block_out_channels": [8, 16, 32], "norm_num_groups": 8}
+EVAL_SEED = 987_654  # held-out renders for PSNR: a seed no trainer uses
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """VAE defaults (batch 32, lr 1e-3) and options."""
+    parser.set_defaults(steps=3000, batch_size=32, lr=1e-3, checkpoint_every=200)
+    parser.add_argument("--kl-weight", type=float, default=1e-6)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--tiny", action="store_true", help="tiny config (tests)")
+    parser.add_argument("--scale-samples", type=int, default=2048, help="renders used to measure latent std")
+
+
+def create_vae(cfg: dict[str, Any] | None = None, seed: int | None = None) -> Any:
+    """A randomly initialised ``AutoencoderKL``."""
+    from diffusers import AutoencoderKL
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return AutoencoderKL(**(cfg or VAE_CFG))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def render_renders(seed: int, n: int, holdout: str = "exclude") -> np.ndarray:
+    """``n`` Shapes renders (uint8) from recipes sampled with ``seed``."""
+    from pipelines.worlds import shapes
+
+    rng = np.random.default_rng(seed)
+    return shapes.render_batch([shapes.sample_recipe(rng, holdout=holdout) for _ in range(n)])
+
+
+def vae_loss(vae: Any, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 + L2 reconstruction of a posterior sample, plus ``kl_weight`` * KL(q(z|x) || N(0, I))."""
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.sample()).sample
+    l1, l2 = F.l1_loss(recon, x), F.mse_loss(recon, x)
+    kl = posterior.kl().mean() / x[0].numel()  # per-pixel, as the reconstruction terms
+    loss = l1 + l2 + kl_weight * kl * x[0].numel()
+    return loss, {"l1": l1.item(), "l2": l2.item(), "kl": kl.item()}
+
+
+@torch.no_grad()
+def encode_latents(vae: Any, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Unscaled posterior means (N, 4, 16, 16) of uint8 renders."""
+    out = [vae.encode(to_tensor(images[i:i + batch_size])).latent_dist.mean for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def psnr(vae: Any, images: np.ndarray, batch_size: int = 128) -> float:
+    """Mean PSNR (dB, uint8 scale) of ``decode(mean(encode(x)))`` over ``images``."""
+    vae.eval()
+    scores = []
+    for i in range(0, len(images), batch_size):
+        x = to_tensor(images[i:i + batch_size])
+        recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        rec = ((recon + 1) * 127.5).round()
+        mse = ((rec - (x + 1) * 127.5) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+        scores += (10 * torch.log10(255.0 ** 2 / mse)).tolist()
+    return float(np.mean(scores))
+
+
+def measure_scaling_factor(vae: Any, n: int, seed: int) -> float:
+    """1 / std of the latents of ``n`` renders (LDM's unit-variance rescaling)."""
+    return float(1.0 / encode_latents(vae, render_renders(seed, n)).std())
+
+
+def main(args: argparse.Namespace) -> dict[str, float]:
+    """Train, export to ``--out`` (default ``<run-dir>/out``) with the measured scaling factor."""
+    torch.set_num_threads(args.threads)
+    common.seed_everything(args.seed)
+    cfg = TINY_CFG if args.tiny else VAE_CFG
+    vae = create_vae(cfg, seed=args.seed).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    ckpt = common.Checkpointer(args.run_dir, every=args.checkpoint_every)
+    start = 0
+    if args.resume:
+        state = ckpt.load(vae, optimizer)
+        start = int(state["step"]) if state else 0
+    log = common.LossLog(Path(args.run_dir) / "loss.jsonl", resume_step=start if args.resume else None)
+    (Path(args.run_dir) / "config.json").write_text(json.dumps({"vae": cfg, "args": {
+        k: str(v) for k, v in vars(args).items()}}, indent=2))
+    stop = min(args.steps, args.stop_at) if args.stop_at is not None else args.steps
+    bar = common.progress(args.steps, initial=start, desc="vae")
+    t0 = time.time()
+    for step in range(start, stop):
+        lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=0.05)
+        common.set_lr(optimizer, lr)
+        x = to_tensor(render_renders(int(common.step_rng(args.seed, step).integers(2**62)), args.batch_size))
+        loss, parts = vae_loss(vae, x, args.kl_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        common.clip_grad(vae.parameters(), 1.0)
+        optimizer.step()
+        log.log(step + 1, loss=loss.item(), lr=lr, **parts)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        if ckpt.due(step + 1) or step + 1 == stop:
+            ckpt.save(step + 1, vae, optimizer)
+    bar.close()
+    result: dict[str, float] = {"steps_done": float(stop), "train_seconds": time.time() - t0}
+    if stop < args.steps:
+        print(f"stopped at step {stop}/{args.steps}; resume with --resume")
+        return result
+    vae.eval()
+    factor = measure_scaling_factor(vae, 64 if args.tiny else args.scale_samples, args.seed + 1)
+    vae.register_to_config(scaling_factor=factor)
+    out = Path(args.out) if args.out is not None else Path(args.run_dir) / "out"
+    vae.save_pretrained(out, safe_serialization=True)
+    result.update(scaling_factor=factor, psnr=psnr(vae, render_renders(EVAL_SEED, 64 if args.tiny else 512)))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+    return result
