@@ -17,7 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .devices import DeviceSpec
 from .events import CancelFlag, StepCallback, StepEvent
 from .model_files import check_model_folder
-from .previews import PreviewDecoder
+from .previews import PreviewDecoder, find_taesd
 from .registry import ModelEntry, ModelLoadError
 from .requests import ImageRequest, ImageResult, Trajectory, validate_image_request
 from .schedulers import make_scheduler, scheduler_name_of
@@ -84,12 +84,12 @@ class LatentDiffusion:
 
     family = "latent_diffusion"
 
-    def __init__(self, pipe: StudioStableDiffusionPipeline, model_id: str):
+    def __init__(self, pipe: StudioStableDiffusionPipeline, model_id: str, taesd_dir: Optional[Path] = None):
         self.pipe = pipe
         self.model_id = model_id
         self._scheduler_config = pipe.scheduler.config  # the model's own schedule settings
         self._default_scheduler_cls = type(pipe.scheduler)
-        self.preview = PreviewDecoder.for_vae(pipe.vae)
+        self.preview = PreviewDecoder.for_vae(pipe.vae, taesd_dir)
 
     @classmethod
     def load(cls, entry: ModelEntry, device: DeviceSpec) -> "LatentDiffusion":
@@ -102,7 +102,7 @@ class LatentDiffusion:
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"Could not load {entry.path}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device.device), entry.id)
+        return cls(pipe.to(device.device), entry.id, find_taesd(entry.path))
 
     @property
     def native_size(self) -> int:

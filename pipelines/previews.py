@@ -41,14 +41,16 @@ class PreviewDecoder:
         self.vae, self.mode, self.taesd, self.max_side = vae, mode, taesd, max_side
 
     @classmethod
-    def for_vae(cls, vae, taesd_dir: Path | None = None, max_side: int = 128) -> "PreviewDecoder":
+    def for_vae(cls, vae, taesd_dir: Path | None = None, max_side: int = 128,
+                small_vae_params: int = SMALL_VAE_PARAMS) -> "PreviewDecoder":
+        """Exact VAE previews for small VAEs; TAESD (diffusers AutoencoderTiny folder) or linear otherwise."""
         n_params = sum(p.numel() for p in vae.parameters())
-        if n_params <= SMALL_VAE_PARAMS:
+        if n_params <= small_vae_params:
             return cls(vae, "vae", max_side=max_side)
         if taesd_dir is not None and (taesd_dir / "config.json").is_file():
             from diffusers import AutoencoderTiny
 
-            taesd = AutoencoderTiny.from_pretrained(taesd_dir, use_safetensors=True)
+            taesd = AutoencoderTiny.from_pretrained(taesd_dir, use_safetensors=True).eval()
             return cls(vae, "taesd", taesd=taesd.to(vae.device, vae.dtype), max_side=max_side)
         return cls(vae, "linear", max_side=max_side)
 
@@ -103,3 +105,11 @@ def sprite_frame(sprite: Image.Image, num_frames: int, row: int, index: int, num
 
 def frames_to_array(frames: Sequence[Image.Image]) -> np.ndarray:
     return np.stack([np.asarray(f) for f in frames])
+
+
+def find_taesd(model_dir: Path) -> Path | None:
+    """TAESD next to a model: ``<model>/taesd`` or a ``taesd`` folder beside the model folders."""
+    for candidate in (model_dir / "taesd", model_dir.parent / "taesd"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None

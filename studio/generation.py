@@ -108,3 +108,12 @@ def save_result(gallery: Gallery, result: ImageResult, frames: list[Optional[Tra
             trajectory_frames=len(traj.noisy) if traj else 0,
         ))
     return ids
+
+
+def recall_values(row: Any) -> list[Any]:
+    """A gallery row's recipe as Generate-tab values (model, prompt, negative prompt, steps,
+    guidance, seed, width, height, scheduler, batch size) that regenerate exactly that image."""
+    p = row.params or {}
+    return [row.model_id, row.prompt, row.negative_prompt or "", p.get("num_inference_steps", row.steps),
+            p.get("guidance_scale", row.guidance), row.seed, p.get("width", row.width), p.get("height", row.height),
+            p.get("scheduler") or MODEL_DEFAULT_SCHEDULER, 1]

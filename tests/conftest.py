@@ -9,10 +9,13 @@ from pipelines.tiny import build_tiny_sd
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
-    """A user models folder holding one tiny SD model (epsilon) and one v-prediction model."""
+    """A user models folder: a tiny SD model (epsilon), a v-prediction one and a broken copy."""
     root = tmp_path_factory.mktemp("models")
     build_tiny_sd(root / "tiny-sd")
     build_tiny_sd(root / "tiny-sd-v", prediction_type="v_prediction", seed=1)
+    shutil.copytree(root / "tiny-sd", root / "tiny-sd-broken")
+    weights = root / "tiny-sd-broken" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated: the app must name this file
     return root
 
 

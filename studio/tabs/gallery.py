@@ -12,7 +12,7 @@ from PIL import Image
 from pipelines.previews import sprite_frame
 
 from ..gallery import GalleryQuery, read_png_params
-from ..generation import MODEL_DEFAULT_SCHEDULER
+from ..generation import recall_values
 from ..services import Services
 from .generate import GenerateTab
 
@@ -143,11 +143,7 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs) 
         row = gallery.get(gen_id) if gen_id is not None else None
         if row is None:
             raise gr.Error("Select a gallery item to recall.")
-        p = row.params or {}
-        sched = p.get("scheduler") or MODEL_DEFAULT_SCHEDULER
-        return (row.model_id, row.prompt, row.negative_prompt or "", p.get("num_inference_steps", row.steps),
-                p.get("guidance_scale", row.guidance), row.seed, p.get("width", row.width),
-                p.get("height", row.height), sched, 1, gr.Tabs(selected="generate"))
+        return (*recall_values(row), gr.Tabs(selected="generate"))
 
     recall_btn.click(recall, selected, generate.recall_outputs() + [tabs], queue=False, api_name="recall")
 

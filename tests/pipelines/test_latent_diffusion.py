@@ -133,3 +133,21 @@ def test_previews_and_sprite(tiny_sd):
     assert np.abs(last - np.asarray(result.images[0]).astype(int)).mean() < 8
     linear = PreviewDecoder(tiny_sd.pipe.vae, "linear").decode(traj.pred_x0[:, 0])
     assert linear[0].size == (8, 8) and linear[0].mode == "RGB"
+
+
+def test_large_vae_previews_use_taesd_when_on_disk(tiny_sd, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    from pipelines.previews import find_taesd
+
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                    latent_channels=4).save_pretrained(tmp_path / "taesd", safe_serialization=True)
+    (tmp_path / "some-model").mkdir()
+    found = find_taesd(tmp_path / "some-model")
+    assert found == tmp_path / "taesd"
+    # Pretend the tiny VAE is large: previews then come from TAESD (8x upsampling), or the linear map.
+    taesd = PreviewDecoder.for_vae(tiny_sd.pipe.vae, found, small_vae_params=0)
+    assert taesd.mode == "taesd"
+    images = taesd.decode(torch.randn(2, 4, 8, 8))
+    assert len(images) == 2 and images[0].size == (64, 64)
+    assert PreviewDecoder.for_vae(tiny_sd.pipe.vae, None, small_vae_params=0).mode == "linear"

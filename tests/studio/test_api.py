@@ -47,6 +47,8 @@ def test_same_seed_through_the_api_gives_the_same_pixels(client):
         (("local/tiny-sd", "a red circle", "", 2, 7.5, 1.5, 16, 16, "ddim", 1), "Seed"),
         (("no/such-model", "a red circle", "", 2, 7.5, 1, 16, 16, "ddim", 1), "Unknown model id"),
         (("local/tiny-sd", "   ", "", 2, 7.5, 1, 16, 16, "ddim", 1), "prompt"),
+        (("local/tiny-sd-broken", "a red circle", "", 2, 7.5, 1, 16, 16, "ddim", 1),
+         r"tiny-sd-broken/unet/diffusion_pytorch_model\.safetensors is corrupt or truncated"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_saves_nothing(client, studio, args, message):
@@ -58,3 +60,17 @@ def test_bad_input_is_a_clear_error_and_saves_nothing(client, studio, args, mess
         assert gallery.count() == before and gallery.integrity_check() == "ok"
     finally:
         gallery.close()
+
+
+def test_app_stays_up_after_a_broken_model(client):
+    with pytest.raises(Exception, match="corrupt"):
+        client.predict("local/tiny-sd-broken", "a red circle", "", 2, 7.5, 1, 16, 16, "ddim", 1, api_name="/generate")
+    status = client.predict("local/tiny-sd", "a red circle", "", 2, 7.5, 1, 16, 16, "ddim", 1,
+                            api_name="/generate")[0]
+    assert status.startswith("Done")
+
+
+def test_long_prompt_generates_and_says_which_words_were_cut(client):
+    prompt = "a red circle " + " ".join(f"filler{i}" for i in range(100)) + " lastword"
+    status = client.predict("local/tiny-sd", prompt, "", 2, 7.5, 1, 16, 16, "ddim", 1, api_name="/generate")[0]
+    assert status.startswith("Done") and "were cut" in status and "lastword" in status

@@ -5,7 +5,7 @@ import pytest
 
 from pipelines.requests import ImageRequest
 from studio.gallery import Gallery, read_png_params
-from studio.generation import build_request, decode_trajectory, resolve_seed, save_result
+from studio.generation import build_request, decode_trajectory, recall_values, resolve_seed, save_result
 
 GOOD = dict(prompt="a red circle", negative_prompt="", steps=20, guidance=7.5, seed=5, width=64, height=64,
             scheduler="model default", batch_size=1)
@@ -65,5 +65,21 @@ def test_batch_saves_one_recallable_row_per_image(tiny_sd, tmp_path):
         from PIL import Image
         saved = np.asarray(Image.open(gallery.store.resolve(rows[1].media_path)).convert("RGB")).astype(int)
         assert np.abs(saved - np.asarray(again.images[0]).astype(int)).max() <= 1
+    finally:
+        gallery.close()
+
+
+def test_recall_regenerates_the_same_pixels(tiny_sd, tmp_path):
+    import numpy as np
+
+    req = _req(prompt="a pink star", steps=3, guidance=5.0, seed=31, width=16, height=16, scheduler="euler_a")
+    result = tiny_sd.generate(req)
+    gallery = Gallery.open(tmp_path / "g")
+    try:
+        (gen_id,) = save_result(gallery, result, [None])
+        model_id, *form = recall_values(gallery.get(gen_id))
+        assert model_id == "local/tiny-sd"
+        again = tiny_sd.generate(build_request(*form))
+        assert np.array_equal(np.asarray(again.images[0]), np.asarray(result.images[0]))
     finally:
         gallery.close()
