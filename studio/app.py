@@ -8,6 +8,11 @@ from .tabs.gallery import build_gallery_tab
 from .tabs.generate import build_generate_tab
 
 TITLE = "Multimodal Studio"
+# Small models make small images (64 px): show them large and crisp instead of tiny or blurred.
+CSS = """
+.pixel-view img { width: 100% !important; height: 100% !important; object-fit: contain; image-rendering: pixelated; }
+#gallery-grid img, #generate-result img { image-rendering: pixelated; }
+"""
 
 
 def build_app(services: Services) -> gr.Blocks:

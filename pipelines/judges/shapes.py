@@ -10,7 +10,8 @@ Pipeline of :func:`describe` (64x64 canvas; other sizes are box-resized first):
    confident interior pixels remain; their median -> nearest palette colour (``None`` when
    farther than ``COLOUR_TOL``);
 3. coverage: each pixel's fraction of object colour along the line background -> colour
-   (anti-aliased edges count partially; off-line pixels count 0). Without a colour, the
+   (anti-aliased edges count partially; off-line pixels and coverage below ``ALPHA_MIN``,
+   the noise floor, count 0). Without a colour, the
    binary far-from-background mask is used instead;
 4. position: coverage-weighted centroid -> nearest anchor; size: the bounding radius that
    gives the best shape template the measured area, thresholded at sqrt(9 * 17) px;
@@ -19,7 +20,8 @@ Pipeline of :func:`describe` (64x64 canvas; other sizes are box-resized first):
    ``SHAPE_MIN_IOU``).
 
 An object counts as found when its area is at least ``MIN_AREA`` px and either its colour is
-recognised or some template fits (IoU >= ``SHAPE_MIN_IOU``); otherwise every object
+recognised or some template of plausible size fits (IoU >= ``SHAPE_MIN_IOU``, bounding
+radius within ``RADIUS_RANGE``); otherwise every object
 attribute is ``None``, which :func:`judge` counts as wrong. Noise therefore scores ~0 on
 object attributes instead of being accidentally right.
 """
@@ -38,6 +40,7 @@ BG_TOL = 40.0          # max RGB distance of the border median / border pixels t
 OBJECT_DIST = 50.0     # RGB distance from the background that marks a pixel as object
 COLOUR_TOL = 60.0      # max RGB distance from the object's median colour to its palette colour
 RESIDUAL_TOL = 40.0    # max distance of a pixel from the background -> colour line
+ALPHA_MIN = 0.25       # coverage below this counts as 0 (in images and templates): noise floor
 MIN_AREA = 40.0        # px; the smallest shape (small triangle) covers ~105 px
 SHAPE_MIN_IOU = 0.6    # soft IoU a template needs to name the shape
 SIZE_THRESHOLD = math.sqrt(SIZES["small"] * SIZES["large"])  # ~12.4 px bounding radius
@@ -99,6 +102,7 @@ def _best_shape(weights: np.ndarray, area: float, cx: float, cy: float) -> tuple
     for shape in SHAPES:
         r = math.sqrt(area / unit_area(shape))
         t = coverage(shape, cx, cy, r)
+        t[t < ALPHA_MIN] = 0.0
         iou = float(np.minimum(weights, t).sum() / max(np.maximum(weights, t).sum(), 1e-6))
         if iou > best[1]:
             best = (shape, iou, r)
@@ -125,7 +129,7 @@ def describe(image: Image.Image | np.ndarray) -> dict[str, str | None]:
         v = _COLOUR_RGB[k] - ref
         alpha = np.clip(diff @ v / float(v @ v), 0.0, 1.0)
         residual = np.linalg.norm(diff - alpha[..., None] * v, axis=-1)
-        weights = np.where(residual < RESIDUAL_TOL, alpha, 0.0).astype(np.float32)
+        weights = np.where((residual < RESIDUAL_TOL) & (alpha >= ALPHA_MIN), alpha, 0.0).astype(np.float32)
     else:
         weights = far.astype(np.float32)
     area = float(weights.sum())
@@ -135,12 +139,13 @@ def describe(image: Image.Image | np.ndarray) -> dict[str, str | None]:
     cx = float(weights.sum(axis=0) @ centres / area)
     cy = float(weights.sum(axis=1) @ centres / area)
     shape, iou, radius = _best_shape(weights, area, cx, cy)
-    if colour is None and iou < SHAPE_MIN_IOU:
-        return out  # no recognisable object
+    plausible = RADIUS_RANGE[0] <= radius <= RADIUS_RANGE[1]
+    if colour is None and (iou < SHAPE_MIN_IOU or not plausible):
+        return out  # no recognisable object (e.g. noise filling the canvas)
     out["colour"] = colour
     out["shape"] = shape if iou >= SHAPE_MIN_IOU else None
     out["position"] = _POS_NAMES[int(np.argmin(np.linalg.norm(_POS_XY - (cx, cy), axis=1)))]
-    if RADIUS_RANGE[0] <= radius <= RADIUS_RANGE[1]:
+    if plausible:
         out["size"] = "small" if radius < SIZE_THRESHOLD else "large"
     return out
 

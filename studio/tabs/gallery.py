@@ -70,13 +70,15 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs) 
         page_info = gr.Markdown("", elem_id="gallery-page-info")
         next_btn = gr.Button("Older ▶", size="sm")
     grid = gr.Gallery(label="Generations (newest first)", columns=6, height=420, allow_preview=False,
-                      elem_id="gallery-grid", interactive=False)
+                      preview=False, object_fit="contain", fit_columns=False, elem_id="gallery-grid",
+                      interactive=False)
     page = gr.State(1)
     page_ids = gr.State([])
     selected = gr.State(None)
     with gr.Row():
         with gr.Column(scale=2):
-            detail_image = gr.Image(label="Selected", type="filepath", height=320, interactive=False)
+            detail_image = gr.Image(label="Selected", type="filepath", height=320, interactive=False,
+                                    elem_classes=["pixel-view"])
             with gr.Row():
                 recall_btn = gr.Button("↩ Recall into Generate", variant="primary")
                 fav_btn = gr.Button("☆ Favourite")
@@ -85,8 +87,8 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs) 
         with gr.Column(scale=3):
             d_step = gr.Slider(1, 2, value=1, step=1, label="Trajectory step")
             with gr.Row():
-                d_noisy = gr.Image(label="x_t", type="pil", height=160, interactive=False)
-                d_x0 = gr.Image(label="x0 estimate", type="pil", height=160, interactive=False)
+                d_noisy = gr.Image(label="x_t", type="pil", height=160, interactive=False, elem_classes=["pixel-view"])
+                d_x0 = gr.Image(label="x0 estimate", type="pil", height=160, interactive=False, elem_classes=["pixel-view"])
             detail_params = gr.JSON(label="Parameters")
     with gr.Accordion("Read the recipe out of a PNG file", open=False):
         png_file = gr.File(label="PNG made by this studio", file_types=[".png"], type="filepath")

@@ -97,17 +97,20 @@ def build_generate_tab(services: Services) -> GenerateTab:
         with gr.Column(scale=3):
             status = gr.Markdown("Ready.", elem_id="generate-status")
             preview = gr.Image(label="Live preview: the model's current estimate of the clean image (x0)",
-                               type="pil", height=256, interactive=False)
+                               type="pil", height=256, interactive=False,
+                               elem_classes=["pixel-view"])
             results = gr.Gallery(label="Result", columns=4, height=300, type="pil", elem_id="generate-result",
-                                 format="png", interactive=False)
+                                 format="png", interactive=False, object_fit="contain", fit_columns=False)
             with gr.Accordion("Trajectory: scrub through every step", open=True):
                 with gr.Row():
                     traj_image = gr.Radio(["1"], value="1", label="Image of the batch")
                     traj_step = gr.Slider(1, 150, value=1, step=1, label="Step")
                 traj_caption = gr.Markdown("No trajectory yet.")
                 with gr.Row():
-                    traj_noisy = gr.Image(label="x_t (noisy latent)", type="pil", height=192, interactive=False)
-                    traj_x0 = gr.Image(label="x0 estimate", type="pil", height=192, interactive=False)
+                    traj_noisy = gr.Image(label="x_t (noisy latent)", type="pil", height=192, interactive=False,
+                                          elem_classes=["pixel-view"])
+                    traj_x0 = gr.Image(label="x0 estimate", type="pil", height=192, interactive=False,
+                                       elem_classes=["pixel-view"])
             params = gr.JSON(label="Exact parameters")
     frames_state = gr.State(None)
     last_seed = gr.State(None)
