@@ -1,7 +1,6 @@
 """UI-free glue of the Generate tab: form values -> request, result -> gallery rows."""
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, replace
 from typing import Any, Optional
@@ -11,39 +10,10 @@ from PIL import Image
 from pipelines.previews import PreviewDecoder, make_sprite
 from pipelines.requests import MAX_SEED, ImageRequest, ImageResult
 
+from .forms import number, whole_number
 from .gallery import Gallery
 
 MODEL_DEFAULT_SCHEDULER = "model default"
-
-
-def whole_number(value: Any, name: str) -> int:
-    """A form value as an int; floats must be whole, text must parse. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a whole number (got {value!r}).")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer():
-            return int(value)
-        raise ValueError(f"{name} must be a whole number (got {value!r}).")
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise ValueError(f"{name} must be a whole number (got {value!r}).")
-
-
-def number(value: Any, name: str) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number (got {value!r}).")
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number (got {value!r}).") from None
-    if not math.isfinite(result):
-        raise ValueError(f"{name} must be a finite number (got {value!r}).")
-    return result
 
 
 def resolve_seed(seed: Any) -> int:

@@ -3,7 +3,6 @@ trajectory scrubber, Recall, Delete and Favourite; and reading the recipe out of
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
 from typing import Any
 
 import gradio as gr
@@ -11,6 +10,7 @@ from PIL import Image
 
 from pipelines.previews import sprite_frame
 
+from ..forms import optional_date, optional_number
 from ..gallery import GalleryQuery, read_png_params
 from ..generation import recall_values
 from ..services import Services
@@ -20,33 +20,11 @@ PAGE_SIZE = 24
 ANY = ""
 
 
-def _date(text: Any, name: str, end_of_day: bool = False) -> datetime | None:
-    if text is None or not str(text).strip():
-        return None
-    try:
-        day = datetime.strptime(str(text).strip(), "%Y-%m-%d")
-    except ValueError:
-        raise ValueError(f"{name} must be a date like 2026-01-31 (got {text!r}).") from None
-    return day + timedelta(days=1) if end_of_day else day
-
-
-def _optional_number(value: Any, name: str) -> float | None:
-    if value is None or not str(value).strip():
-        return None
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number (got {value!r}).") from None
-    if not math.isfinite(result):
-        raise ValueError(f"{name} must be a finite number (got {value!r}).")
-    return result
-
-
 def make_query(text, model_id, family, media_type, g_min, g_max, date_from, date_to, favourites, page) -> GalleryQuery:
     return GalleryQuery(
         text=text or "", model_id=model_id or None, family=family or None, media_type=media_type or None,
-        guidance_min=_optional_number(g_min, "Minimum guidance"), guidance_max=_optional_number(g_max, "Maximum guidance"),
-        created_after=_date(date_from, "From date"), created_before=_date(date_to, "To date", end_of_day=True),
+        guidance_min=optional_number(g_min, "Minimum guidance"), guidance_max=optional_number(g_max, "Maximum guidance"),
+        created_after=optional_date(date_from, "From date"), created_before=optional_date(date_to, "To date", end_of_day=True),
         favourites_only=bool(favourites), page=int(page), page_size=PAGE_SIZE,
     )
 
