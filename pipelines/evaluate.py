@@ -18,6 +18,8 @@ from pipelines.train import resolve
 # target name -> "module:function" (the function receives the parsed argparse.Namespace)
 EVALUATORS: dict[str, str] = {
     "shapes-clip": "pipelines.training.clip:evaluate_main",
+    "shapes-ldm": "pipelines.evaluation.ldm:main",
+    "shapes-vae": "pipelines.training.vae:evaluate_main",
 }
 
 

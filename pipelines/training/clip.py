@@ -5,10 +5,18 @@ Contrastive image-text pre-training as in CLIP (Radford et al. 2021) with open_c
 takes ~0.1 ms per image) from an RNG seeded by ``(seed, step)``, so resumed runs see the same
 data. Half the captions are the world's captions with random dropping, half name a single
 attribute ("a red shape", "a circle", "a shape on the left") so each attribute is aligned on
-its own, as the zero-shot prompts require. Short captions are true of many images in a batch,
-so by default the targets are multi-positive: every caption that is true of an image counts
-as a positive (soft targets as in UniCL, Yang et al. 2022); with only distinct full captions
-this is exactly ``ClipLoss``.
+its own, as the zero-shot prompts require. Batches come in groups of 8 renders that share all
+attributes but the shape, the position or the colour, so that the in-batch negatives
+are hard ones (what makes shape and position learnable in minutes on a CPU). Short captions
+are true of many images in a batch, so by default the targets are multi-positive: every
+caption true of an image counts as a positive (soft targets as in UniCL, Yang et al. 2022);
+with only distinct full captions this is exactly ``ClipLoss``.
+
+``--lock-text-from DIR`` is the second stage: the text tower of a saved shapes-clip is copied
+and frozen (the shapes-ldm is conditioned on exactly that tower, so it must never change once
+the LDM is trained on it), and only the image tower and the temperature learn. This is LiT
+(Zhai et al. 2022, "LiT: Zero-Shot Transfer with Locked-image text Tuning") with the roles of
+the towers swapped; it keeps the text side fixed while a bigger image tower catches up on shape.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +46,28 @@ TRAIN_TEMPLATES: dict[str, tuple[str, ...]] = {
     "background": ("a shape on a {} background", "something on a {} background", "a {} background"),
     "size": ("a {} shape", "a {} object", "something {}"),
 }
+SINGLE_WEIGHTS: dict[str, float] = {"colour": 0.1, "shape": 0.35, "position": 0.3, "background": 0.1, "size": 0.15}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m pipelines.train clip`` (and defaults of the shared ones)."""
-    parser.set_defaults(steps=1000, batch_size=256, lr=1e-3, out=DEFAULT_OUT)
+    parser.set_defaults(steps=1000, batch_size=256, lr=1.5e-3, out=DEFAULT_OUT)
     parser.add_argument("--warmup", type=int, default=100, help="linear LR warm-up steps")
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--grad-clip", type=float, default=1.0)
     parser.add_argument("--single-prob", type=float, default=0.5, help="share of single-attribute captions")
     parser.add_argument("--drop-prob", type=float, default=0.3, help="caption part drop probability")
+    parser.add_argument("--group-size", type=int, default=8,
+                        help="renders per group sharing all attributes but one or two (1: independent)")
     parser.add_argument("--loss", choices=("multi", "clip"), default="multi",
                         help="multi-positive targets, or plain ClipLoss (diagonal targets)")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the exported weights (0: off)")
     parser.add_argument("--eval-every", type=int, default=0, help="quick zero-shot check every N steps")
     parser.add_argument("--eval-n", type=int, default=1000, help="renders per final evaluation split")
+    parser.add_argument("--vision-width", type=int, default=mini_clip.MODEL_CFG["vision_cfg"]["width"],
+                        help="image tower (ModifiedResNet) width")
+    parser.add_argument("--lock-text-from", type=Path, default=None,
+                        help="copy the text tower of this saved shapes-clip and keep it frozen (LiT-style)")
 
 
 class MultiPositiveClipLoss(ClipLoss):
@@ -70,20 +86,47 @@ class MultiPositiveClipLoss(ClipLoss):
 
 
 def single_caption(recipe: Any, rng: np.random.Generator) -> str:
-    """A caption naming one random attribute of ``recipe`` ("a red shape", "a shape on the left")."""
-    attribute = mini_clip.ATTRIBUTES[int(rng.integers(len(mini_clip.ATTRIBUTES)))]
+    """A caption naming one random attribute of ``recipe`` ("a red shape", "a shape on the left");
+    the slow-to-learn spatial attributes (shape, position) are named more often."""
+    attribute = str(rng.choice(list(SINGLE_WEIGHTS), p=list(SINGLE_WEIGHTS.values())))
     templates = TRAIN_TEMPLATES[attribute]
     phrase = mini_clip.class_phrase(attribute, getattr(recipe, attribute))
     return templates[int(rng.integers(len(templates)))].format(phrase)
 
 
-def make_batch(seed: int, step: int, batch_size: int, single_prob: float = 0.5,
-               drop_prob: float = 0.3) -> tuple[list[Any], np.ndarray, list[str]]:
-    """(recipes, uint8 renders, captions) for one step, a pure function of (seed, step)."""
+GROUP_VARIES: tuple[tuple[str, ...], ...] = (("shape",), ("position",), ("shape", "position"), ("colour",))
+
+
+def sample_group(rng: np.random.Generator, size: int) -> list[Any]:
+    """``size`` training recipes that share every attribute but one or two (see ``GROUP_VARIES``),
+    with jitter drawn independently: hard negatives that differ only in shape, position or colour
+    (colour-only groups keep colour and shape disentangled for the hold-out pairs)."""
+    from pipelines.worlds import shapes
+
+    base = shapes.sample_recipe(rng, holdout="exclude")
+    varies = GROUP_VARIES[int(rng.integers(len(GROUP_VARIES)))]
+    fixed = {a: getattr(base, a) for a in ("colour", "shape", "size", "position", "background") if a not in varies}
+    group = []
+    while len(group) < size:
+        r = replace(shapes.sample_recipe(rng, holdout="include"), **fixed)
+        if not r.is_holdout:
+            group.append(r)
+    return group
+
+
+def make_batch(seed: int, step: int, batch_size: int, single_prob: float = 0.5, drop_prob: float = 0.3,
+               group_size: int = 8) -> tuple[list[Any], np.ndarray, list[str]]:
+    """(recipes, uint8 renders, captions) for one step, a pure function of (seed, step).
+
+    The batch is made of groups of ``group_size`` recipes (see :func:`sample_group`); hold-out
+    colour/shape pairs never occur.
+    """
     from pipelines.worlds import shapes
 
     rng = step_rng(seed, step)
-    recipes = [shapes.sample_recipe(rng, holdout="exclude") for _ in range(batch_size)]
+    recipes: list[Any] = []
+    while len(recipes) < batch_size:
+        recipes += sample_group(rng, min(group_size, batch_size - len(recipes)))
     captions = [single_caption(r, rng) if rng.random() < single_prob else shapes.caption(r, rng, drop_prob)
                 for r in recipes]
     return recipes, shapes.render_batch(recipes), captions
@@ -139,7 +182,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume), checkpoint, evaluate on held-out renders and export to ``args.out``."""
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    model = mini_clip.create_model(seed=args.seed).train()
+    model = mini_clip.create_model(seed=args.seed, vision_width=args.vision_width).train()
+    if args.lock_text_from is not None:
+        mini_clip.lock_text_tower(model, mini_clip.load_clip(Path(args.lock_text_from)))
+    text_locked = args.lock_text_from is not None
     tokenizer = mini_clip.get_tokenizer()
     optimizer = torch.optim.AdamW(decay_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     ema = EMA(model, args.ema) if args.ema > 0 else None
@@ -154,12 +200,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     bar, t0, step = progress(args.steps, initial=start, desc="shapes-clip"), time.time(), start
     for step in range(start, end):
         t_step = time.time()
-        recipes, images, captions = make_batch(args.seed, step, args.batch_size, args.single_prob, args.drop_prob)
+        recipes, images, captions = make_batch(args.seed, step, args.batch_size, args.single_prob, args.drop_prob,
+                                               args.group_size)
         positives = positives_matrix(recipes, captions) if args.loss == "multi" else None
         lr = cosine_lr(step, args.lr, args.steps, args.warmup)
         set_lr(optimizer, lr)
         image_features = F.normalize(model.encode_image(mini_clip.images_to_tensor(images)), dim=-1)
-        text_features = F.normalize(encode_text_trimmed(model, tokenizer(captions)), dim=-1)
+        with torch.set_grad_enabled(not text_locked):
+            text_features = F.normalize(encode_text_trimmed(model, tokenizer(captions)), dim=-1)
         loss = loss_fn(image_features, text_features, model.logit_scale.exp(), positives=positives)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -174,12 +222,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                     "grad_norm": grad_norm, "sec": time.time() - t_step}
         if args.eval_every and (step + 1) % args.eval_every == 0:
             model.eval()
-            record.update({f"zs_{k}": v for k, v in heldout_report(model, tokenizer, 300, splits=("seen",))["seen"].items()})
+            quick = heldout_report(model, tokenizer, 300, splits=("seen",))["seen"]
+            record.update({f"zs_{k}": v for k, v in quick.items()})
             model.train()
             bar.write(f"step {step + 1}: " + " ".join(f"{k}={v:.4g}" for k, v in record.items()))
         log.log(step + 1, **record)
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
         if ckpt.due(step + 1) and step + 1 < end:
             ckpt.save(step + 1, model, optimizer, ema, {"elapsed": elapsed + time.time() - t0})
     bar.close()

@@ -1,0 +1,1 @@
+"""Evaluations of builtin models that need a trained model (imported lazily by pipelines.evaluate)."""
