@@ -40,9 +40,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model id (default: builtin/shapes-ldm or a tiny model)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--scheduler", default="dpmpp_2m")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's default_settings.json")
+    parser.add_argument("--guidance", type=float, default=None, help="default: the model's default_settings.json")
+    parser.add_argument("--scheduler", default=None, help="default: the model's, else dpmpp_2m")
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -54,7 +54,14 @@ def main() -> None:
     from pipelines.latent_diffusion import LatentDiffusion
     from pipelines.requests import ImageRequest
 
+    from pipelines.default_settings import read_default_settings
+    from pipelines.schedulers import DEFAULT_SCHEDULER
+
     entry = _pick_model(args)
+    defaults = read_default_settings(entry.path)  # what the Generate tab starts from for this model
+    args.steps = args.steps or defaults["num_inference_steps"]
+    args.guidance = defaults["guidance_scale"] if args.guidance is None else args.guidance
+    args.scheduler = args.scheduler or defaults["scheduler"] or DEFAULT_SCHEDULER
     device = resolve_device("cpu")
     studio = LatentDiffusion.load(entry, device)
     raw = StableDiffusionPipeline.from_pretrained(entry.path, use_safetensors=True, safety_checker=None,

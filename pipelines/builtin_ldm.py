@@ -46,8 +46,11 @@ def build_pipeline(vae_dir: Path, ldm_run_dir: Path, use_ema: bool = True) -> An
 
     from pipelines.training.ldm import export_unet
 
-    with tempfile.TemporaryDirectory() as tmp:
-        unet = UNet2DConditionModel.from_pretrained(export_unet(ldm_run_dir, Path(tmp) / "unet", use_ema=use_ema))
+    if not (Path(ldm_run_dir) / "checkpoint.pt").is_file():  # only the exported (EMA) UNet of a finished run
+        unet = UNet2DConditionModel.from_pretrained(Path(ldm_run_dir) / "unet")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            unet = UNet2DConditionModel.from_pretrained(export_unet(ldm_run_dir, Path(tmp) / "unet", use_ema=use_ema))
     text = Path(ldm_run_dir) / "text"
     return StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True),
@@ -73,7 +76,7 @@ def check_text_encoder(ldm_run_dir: Path, clip_dir: Path = CLIP_DIR) -> str:
 
 
 def assemble(vae_dir: Path = Path("runs/vae/out"), ldm_run_dir: Path = Path("runs/ldm"), out: Path = MODEL_DIR,
-             dtype: torch.dtype = torch.float16) -> Path:
+             dtype: torch.dtype = torch.float16, default_guidance: float | None = None) -> Path:
     """Write the SD folder to ``out`` (atomically replacing an old one); returns ``out``."""
     pipe = build_pipeline(vae_dir, ldm_run_dir)
     pipe.unet.to(dtype)
@@ -87,6 +90,11 @@ def assemble(vae_dir: Path = Path("runs/vae/out"), ldm_run_dir: Path = Path("run
     te_cfg = tmp / "text_encoder" / "config.json"
     te_cfg.write_text(json.dumps({**json.loads(te_cfg.read_text()), "dtype": "float32"}, indent=2))
     (tmp / "training.json").write_text(json.dumps(_training_info(ldm_run_dir), indent=2))
+    if default_guidance is not None:
+        from pipelines.default_settings import write_default_settings
+
+        write_default_settings(tmp, default_guidance, 25, "dpmpp_2m",
+                               note="chosen from the judge's guidance curve: python -m pipelines.evaluate shapes-ldm")
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -97,6 +105,9 @@ def assemble(vae_dir: Path = Path("runs/vae/out"), ldm_run_dir: Path = Path("run
 
 
 def _training_info(ldm_run_dir: Path) -> dict[str, Any]:
+    if not (Path(ldm_run_dir) / "checkpoint.pt").is_file():
+        info = json.loads((Path(ldm_run_dir) / "unet" / "training.json").read_text())
+        return {"ldm_step": int(info.pop("step")), **info}
     state = torch.load(Path(ldm_run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     extra = {k: v for k, v in state["extra"].items() if k != "unet_config"}
     return {"ldm_step": int(state["step"]), **extra}
@@ -112,10 +123,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--vae-dir", type=Path, default=Path("runs/vae/out"))
     p.add_argument("--run-dir", type=Path, default=Path("runs/ldm"))
     p.add_argument("--out", type=Path, default=MODEL_DIR)
+    p.add_argument("--default-guidance", type=float, default=None,
+                   help="write default_settings.json with this guidance scale (the Generate tab's default)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    out = assemble(args.vae_dir, args.run_dir, args.out)
+    out = assemble(args.vae_dir, args.run_dir, args.out, default_guidance=args.default_guidance)
     print(check_text_encoder(args.run_dir))
-    print(f"wrote {out} ({folder_mb(out):.1f} MB), LDM step {_training_info(args.run_dir)['ldm_step']}")
+    info = _training_info(args.run_dir)
+    init = info.get("init_from")
+    started = f" (continued from the {init['step']}-step weights in init_from)" if isinstance(init, dict) else ""
+    print(f"wrote {out} ({folder_mb(out):.1f} MB), LDM step {info['ldm_step']}{started}")
     return out
 
 

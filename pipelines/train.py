@@ -4,7 +4,7 @@ Each target is a ``"module:function"`` string, imported only when chosen. The mo
 ``add_arguments(parser)`` to add its own options and to ``parser.set_defaults(...)`` the shared
 ones (steps, batch size, LR, output folder); ``function(args)`` then runs the training. Shared
 options: ``--steps --batch-size --lr --run-dir --resume --seed --out --checkpoint-every
---stop-at --threads``. Example::
+--stop-at --threads --device --workers --time-budget``. Example::
 
     python -m pipelines.train clip --steps 1200 --resume
 """
@@ -48,6 +48,10 @@ def shared_parser(prog: str, targets: Sequence[str]) -> argparse.ArgumentParser:
     p.add_argument("--stop-at", type=int, default=None,
                    help="checkpoint and stop after this step (as if interrupted; resume later)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1, or auto")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (0: in the main one)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: after a short timing, shrink --steps to what fits (the LR schedule ends on time)")
     return p
 
 
@@ -64,8 +68,17 @@ def parse_args(argv: Sequence[str], targets: dict[str, str] = TARGETS,
         if hasattr(module, "add_arguments"):
             module.add_arguments(parser)
     args = parser.parse_args(argv)
+    if func is not None and not getattr(module, "ACCELERATED", False):
+        for flag, value, default in (("--device", args.device, "cpu"), ("--workers", args.workers, 0),
+                                     ("--time-budget", args.time_budget, None)):
+            if value != default:
+                parser.error(f"{flag} is not supported by the {args.target} target (ldm supports it)")
     if args.run_dir is None:
         args.run_dir = Path("runs") / args.target
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     assert func is not None
     return args, func
 

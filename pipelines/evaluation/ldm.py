@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-DEFAULT_GUIDANCE = "1,2,4,7.5,12"
-REPORTED = 7.5  # the Generate tab's default guidance
+DEFAULT_GUIDANCE = "1,2,4,7.5,12"  # the curve; the model's own default scale is always added
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,12 +65,15 @@ def sample(model: Any, prompts: Sequence[str], seeds: Sequence[int], guidance: f
 
 
 def _split_scores(images: list[Any], recipes: list[Any]) -> dict[str, dict[str, float]]:
+    """Per split: each attribute's accuracy, and ``all`` (images with every attribute right)."""
     from pipelines.judges import shapes as judge
 
     out = {}
     for name, keep in (("seen", lambda r: not r.is_holdout), ("holdout", lambda r: r.is_holdout)):
-        idx = [i for i, r in enumerate(recipes) if keep(r)]
-        out[name] = judge.score([images[i] for i in idx], [judge.recipe_attributes(recipes[i]) for i in idx])
+        verdicts = [judge.judge(images[i], judge.recipe_attributes(r)) for i, r in enumerate(recipes) if keep(r)]
+        scores = {a: sum(v[a] for v in verdicts) / len(verdicts) for a in judge.ATTRIBUTES}
+        scores["all"] = sum(all(v.values()) for v in verdicts) / len(verdicts)
+        out[name] = scores
     return out
 
 
@@ -98,11 +100,21 @@ def evaluate(model: Any, recipes: list[Any], guidances: Sequence[float], steps: 
     return result
 
 
-def time_single(model: Any, prompt: str = "a red circle", repeats: int = 3) -> float:
-    """Best wall seconds of one 64x64 studio request at the Generate defaults."""
-    from pipelines.requests import ImageRequest
+def model_defaults(model: Any) -> dict[str, Any]:
+    """The Generate tab's defaults for this model (its ``default_settings.json``)."""
+    from pipelines.default_settings import read_default_settings
 
-    req = ImageRequest(prompt=prompt, scheduler="dpmpp_2m", num_inference_steps=25, guidance_scale=7.5,
+    return read_default_settings(Path(model.pipe.name_or_path))
+
+
+def time_single(model: Any, prompt: str = "a red circle", repeats: int = 3) -> float:
+    """Best wall seconds of one 64x64 studio request at the Generate tab's defaults for this model."""
+    from pipelines.requests import ImageRequest
+    from pipelines.schedulers import DEFAULT_SCHEDULER
+
+    d = model_defaults(model)
+    req = ImageRequest(prompt=prompt, scheduler=d["scheduler"] or DEFAULT_SCHEDULER,
+                       num_inference_steps=d["num_inference_steps"], guidance_scale=d["guidance_scale"],
                        height=64, width=64, capture_trajectory=False)
     model.generate(req)  # warm-up
     best = float("inf")
@@ -117,17 +129,20 @@ def format_table(result: dict[str, Any]) -> str:
     """A compact text table: rows = split x guidance (+ ground truth), columns = attributes."""
     from pipelines.worlds.shapes import ATTRIBUTES
 
-    head = f"{'':22s}" + "".join(f"{a:>11s}" for a in ATTRIBUTES)
+    columns = (*ATTRIBUTES, "all")
+    head = f"{'':30s}" + "".join(f"{a:>11s}" for a in columns)
     lines = [head]
 
     def row(label: str, scores: dict[str, float]) -> str:
-        return f"{label:22s}" + "".join(f"{100 * scores.get(a, float('nan')):10.1f}%" for a in ATTRIBUTES)
+        return f"{label:30s}" + "".join(f"{100 * scores.get(a, float('nan')):10.1f}%" for a in columns)
 
+    default = result.get("default_guidance")
     for split in ("seen", "holdout"):
         n = result[f"n_{split}"]
         lines.append(row(f"{split} renders (n={n})", result["ground_truth"][split]))
         for g, scores in result["guidance"].items():
-            lines.append(row(f"{split} g={g}", scores[split]))
+            mark = " (default)" if default is not None and float(g) == default else ""
+            lines.append(row(f"{split} g={g}{mark}", scores[split]))
     return "\n".join(lines)
 
 
@@ -141,22 +156,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         seen = [r for r in recipes if not r.is_holdout][:args.limit]
         recipes = seen + [r for r in recipes if r.is_holdout]
     model = load_model(args.weights, args.model_id)
-    guidances = [float(g) for g in args.guidance.split(",")]
+    default = model_defaults(model)["guidance_scale"]
+    guidances = sorted({float(g) for g in args.guidance.split(",")} | {default})
     result = evaluate(model, recipes, guidances, args.steps, args.scheduler, seed=args.seed or 0, batch=args.batch)
+    result["default_guidance"] = default
     result["seconds_per_image_single"] = time_single(model)
     result["weights"] = str(Path(model.pipe.name_or_path))
     info = Path(model.pipe.name_or_path) / "training.json"
     result["training"] = json.loads(info.read_text()) if info.is_file() else {}
     print(format_table(result))
-    print(f"one 64x64 image at the defaults: {result['seconds_per_image_single']:.2f} s")
+    print(f"one 64x64 image at this model's defaults (guidance {default:g}): "
+          f"{result['seconds_per_image_single']:.2f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     return result
 
 
-def summary(result: dict[str, Any], guidance: float = REPORTED) -> dict[str, float]:
-    """Flat ``{split_attr: accuracy}`` at one guidance (for tests and quick checks)."""
-    scores = result["guidance"][str(float(guidance))]
+def summary(result: dict[str, Any], guidance: float | None = None) -> dict[str, float]:
+    """Flat ``{split_attr: accuracy}`` at one guidance (default: the model's) for tests and quick checks."""
+    scores = result["guidance"][str(float(result["default_guidance"] if guidance is None else guidance))]
     return {f"{s}_{a}": v for s in ("seen", "holdout") for a, v in scores[s].items()}
 
 

@@ -93,9 +93,10 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].lerp_(v.detach().float(), 1.0 - self.decay)
+        state = model.state_dict()
+        keys = [k for k in self.shadow if k in state]
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [state[k].detach().float() for k in keys],
+                             1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:
@@ -110,6 +111,34 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay = float(state["decay"])
         self.shadow = {k: v.float() for k, v in state["shadow"].items()}
+
+
+class TimeBudget:
+    """Fit a run into ``seconds`` of wall clock: time a few steps, then cut the total step count.
+
+    Used by ``--time-budget``: the caller asks :meth:`total` after every step; once ``probe``
+    steps (after ``skip`` warm-up steps) have been timed it returns the number of steps that fit
+    (never more than asked), so a cosine schedule computed from it ends when the time does.
+    """
+
+    def __init__(self, seconds: float | None, start_step: int, probe: int = 50, skip: int = 10) -> None:
+        self.seconds, self.start, self.probe, self.skip = seconds, start_step, probe, skip
+        self.t_begin = time.time()
+        self.t_skip: float | None = None
+        self.decided: int | None = None
+
+    def total(self, steps_done: int, total: int) -> int:
+        if self.seconds is None or self.decided is not None:
+            return min(total, self.decided) if self.decided is not None else total
+        now = time.time()
+        if steps_done == self.start + self.skip:
+            self.t_skip = now
+        elif self.t_skip is not None and steps_done >= self.start + self.skip + self.probe:
+            per_step = (now - self.t_skip) / (steps_done - self.start - self.skip)
+            fits = steps_done + int(max(0.0, self.seconds - (now - self.t_begin)) / per_step)
+            self.decided = max(steps_done, min(total, fits))
+            return self.decided
+        return total
 
 
 class Checkpointer:

@@ -10,6 +10,7 @@ on the fp32-loaded saved encoder), so training sees bit-identical conditioning t
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 from collections.abc import Sequence
@@ -48,24 +49,38 @@ def tensor_to_recipe(idx: torch.Tensor | np.ndarray, jitter: torch.Tensor | np.n
 
 
 @torch.no_grad()
-def build_latent_pool(vae_dir: Path, out: Path, n: int, seed: int, chunk: int = 512) -> Path:
-    """Encode ``n`` training renders (hold-out pairs excluded); save latents (scaled, fp16) + recipes."""
+def build_latent_pool(vae_dir: Path, out: Path, n: int, seed: int, chunk: int = 512,
+                      device: torch.device | str = "cpu", workers: int = 0) -> Path:
+    """Encode ``n`` training renders (hold-out pairs excluded); save latents (scaled, fp16) + recipes.
+
+    ``workers`` > 0 renders in that many processes; ``device`` runs the encoder (the posterior
+    mean is taken, so the pool does not depend on any sampling noise).
+    """
     from diffusers import AutoencoderKL
 
     from pipelines.training.common import progress
     from pipelines.training.vae import to_tensor
     from pipelines.worlds import shapes
 
-    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval()
+    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval().to(device)
     factor = float(vae.config.scaling_factor)
     rng = np.random.default_rng(seed)
     recipes = [shapes.sample_recipe(rng, holdout="exclude") for _ in range(n)]
+    chunks = [recipes[i:i + chunk] for i in range(0, n, chunk)]
     latents = []
     bar = progress(n, desc="latents")
-    for i in range(0, n, chunk):
-        x = to_tensor(shapes.render_batch(recipes[i:i + chunk]))
-        latents.append((vae.encode(x).latent_dist.mean * factor).half())
-        bar.update(len(x))
+    with contextlib.ExitStack() as stack:
+        if workers > 0:
+            import multiprocessing
+
+            renders = stack.enter_context(multiprocessing.get_context("fork").Pool(workers)).imap(
+                shapes.render_batch, chunks)
+        else:
+            renders = map(shapes.render_batch, chunks)
+        for images in renders:
+            x = to_tensor(images).to(device)
+            latents.append((vae.encode(x).latent_dist.mean * factor).half().cpu())
+            bar.update(len(x))
     bar.close()
     idx, jitter = recipes_to_tensor(recipes)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,12 @@ is unchanged, so every scheduler still applies.
 
 Inputs come from :mod:`pipelines.training.latents`: a cached latent pool with recipes (captions
 re-sampled each step with attribute dropping) and a table of every caption's embedding.
+
+On a GPU (``--device cuda``) the pool and the caption table live on the device, ``--workers``
+processes prepare each step's batch (:class:`StepBatches`, a function of ``(seed, step)`` alone,
+so CPU and GPU runs see the same data), and ``--time-budget`` fits the cosine schedule into a
+lease of fixed length. ``--init-unet`` starts a new schedule from trained weights (a second,
+lower-LR stage).
 """
 from __future__ import annotations
 
@@ -83,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-lr-ratio", type=float, default=0.05)
     parser.add_argument("--offset-noise", type=float, default=0.2,
                         help="per-sample, per-channel constant added to the noise (0: off)")
+    parser.add_argument("--init-unet", type=Path, default=None,
+                        help="start a fresh run from these UNet weights (a diffusers folder of the same shape)")
     parser.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR weighting (0: plain MSE)")
 
 
@@ -106,7 +114,7 @@ def prepare_text(args: argparse.Namespace) -> Path:
 def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
     """``min(SNR(t), gamma) / SNR(t)`` for the epsilon objective (ones when gamma <= 0)."""
     if gamma <= 0:
-        return torch.ones(len(t))
+        return torch.ones(len(t), device=t.device)
     a = alphas_cumprod[t]
     snr = a / (1 - a)
     return snr.clamp(max=gamma) / snr
@@ -139,20 +147,59 @@ def export_unet(run_dir: Path, out: Path, use_ema: bool = True) -> Path:
     return Path(out)
 
 
+ACCELERATED = True  # understands --device, --workers and --time-budget
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` = that step's batch, drawn from ``step_rng(seed, step)`` alone (resume-exact).
+
+    Returns pool rows, caption-table rows, noise (offset noise included) and timesteps, all made on
+    the CPU with the same generator calls whatever the device, so a run can move between CPU and
+    GPU and see the same data; workers of a ``DataLoader`` can prepare steps ahead.
+    """
+
+    def __init__(self, pool: dict[str, Any], table_rows: dict[str, int], args: argparse.Namespace,
+                 num_train_timesteps: int) -> None:
+        self.pool = {"recipes": pool["recipes"]}
+        self.rows, self.args, self.T = table_rows, args, num_train_timesteps
+        self.n, self.shape = len(pool["latents"]), tuple(pool["latents"].shape[1:])
+
+    def __len__(self) -> int:
+        return int(self.args.steps)
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        a = self.args
+        rng = common.step_rng(a.seed, step)
+        rows = rng.integers(self.n, size=a.batch_size)
+        captions = sample_captions(self.pool, rows, rng, a.drop_prob, a.uncond_prob)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        noise = torch.randn((a.batch_size, *self.shape), generator=gen)
+        t = torch.randint(0, self.T, (a.batch_size,), generator=gen)
+        if a.offset_noise > 0:  # drawn after t, so runs without it see the same noise and timesteps
+            noise = noise + a.offset_noise * torch.randn(a.batch_size, self.shape[0], 1, 1, generator=gen)
+        return torch.from_numpy(rows), torch.tensor([self.rows[c] for c in captions]), noise, t
+
+
 def main(args: argparse.Namespace) -> dict[str, float]:
     """Train (resumably); export the EMA UNet to ``--out`` (default ``<run-dir>/unet``) at the end."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     common.seed_everything(args.seed)
     run_dir = Path(args.run_dir)
     text = prepare_text(args)
     table = lat.CaptionTable.build(text / "text_encoder", text / "tokenizer", cache=run_dir / "captions.pt")
     pool_path = Path(args.latents) if args.latents is not None else run_dir / "latents.pt"
     if not pool_path.is_file():
-        lat.build_latent_pool(Path(args.vae_dir), pool_path, args.pool, seed=args.seed + 10_000)
+        lat.build_latent_pool(Path(args.vae_dir), pool_path, args.pool, seed=args.seed + 10_000,
+                              device=device, workers=args.workers)
     pool = lat.load_latent_pool(pool_path)
-    latents_all = pool["latents"]
+    latents_all = pool["latents"].to(device)
+    embeddings = table.embeddings.to(device)
     cfg = unet_config(tuple(int(w) for w in args.widths.split(",")), cross_dim=int(table.embeddings.shape[-1]),
                       layers=args.layers, text_time=not args.no_text_time)
     unet = UNet2DConditionModel(**cfg).train()
@@ -165,6 +212,15 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     extra = {"unet_config": json.dumps(cfg), "text_hash": lat.file_hash(text / "text_encoder"),
              "vae_hash": str(pool.get("vae_hash", "")), "scaling_factor": float(pool["scaling_factor"])}
     start = 0
+    if args.init_unet is not None and not (args.resume and ckpt.path.is_file()):
+        init = UNet2DConditionModel.from_pretrained(args.init_unet)
+        if any(json.dumps(init.config.get(k)) != json.dumps(v) for k, v in cfg.items()):
+            raise SystemExit(f"--init-unet {args.init_unet}: its config differs from this run's "
+                             "(check --widths, --layers, --no-text-time)")
+        unet.load_state_dict(init.state_dict())
+        ema = common.EMA(unet, decay=args.ema_decay)
+        info = Path(args.init_unet) / "training.json"
+        extra["init_from"] = json.loads(info.read_text()) if info.is_file() else str(args.init_unet)
     if args.resume:
         state = ckpt.load(unet, optimizer, ema)
         if state is not None:
@@ -175,28 +231,32 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                                        "or continue on the new one with --retarget-text")
                 extra["retargeted_at"] = start  # new conditioning from here on: restart the average
                 ema = common.EMA(unet, decay=args.ema_decay)
-            extra = {**{k: v for k, v in state["extra"].items() if k == "retargeted_at"}, **extra}
+            extra = {**{k: v for k, v in state["extra"].items() if k in ("retargeted_at", "init_from")}, **extra}
+    unet.to(device)
+    _optimizer_to(optimizer, device)
+    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
+    alphas_dev = alphas.to(device)
     log = common.LossLog(run_dir / "loss.jsonl", resume_step=start if args.resume else None)
     (run_dir / "config.json").write_text(json.dumps({"unet": cfg, "params": n_params, "scheduler": SCHEDULER_CFG,
                                                      "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
     stop = min(args.steps, args.stop_at) if args.stop_at is not None else args.steps
+    budget = common.TimeBudget(args.time_budget, start)
+    batches = torch.utils.data.DataLoader(StepBatches(pool, table.rows, args, noise_sched.config.num_train_timesteps),
+                                          batch_size=None, sampler=range(start, stop), num_workers=args.workers,
+                                          pin_memory=device.type == "cuda",
+                                          prefetch_factor=4 if args.workers > 0 else None)
     bar = common.progress(args.steps, initial=start, desc=f"ldm {n_params / 1e6:.1f}M")
     t0 = time.time()
-    for step in range(start, stop):
+    step = start
+    for step, (rows, cap_rows, noise, t) in enumerate(batches, start=start):
         lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=args.min_lr_ratio)
         common.set_lr(optimizer, lr)
-        rng = common.step_rng(args.seed, step)
-        rows = rng.integers(len(latents_all), size=args.batch_size)
-        x0 = latents_all[torch.from_numpy(rows)].float()
-        cond = table.lookup(sample_captions(pool, rows, rng, args.drop_prob, args.uncond_prob))
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(x0),), generator=gen)
-        if args.offset_noise > 0:  # drawn after t, so runs without it see the same noise and timesteps
-            noise = noise + args.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
+        x0 = latents_all[rows.to(device)].float()
+        cond = embeddings[cap_rows.to(device)]
+        noise, t = noise.to(device, non_blocking=True), t.to(device, non_blocking=True)
         pred = unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
         per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per * min_snr_weights(alphas, t, args.snr_gamma)).mean()
+        loss = (per * min_snr_weights(alphas_dev, t, args.snr_gamma)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = common.clip_grad(unet.parameters(), 1.0)
@@ -205,10 +265,19 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         ema.update(unet)
         log.log(step + 1, loss=loss.item(), mse=per.mean().item(), lr=lr, grad_norm=gnorm)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+        fitted = budget.total(step + 1, args.steps)
+        if fitted < args.steps:  # the time budget cut the run: the schedule ends at the new total
+            print(f"time budget: {fitted} steps fit (asked {args.steps})")
+            args.steps = fitted
+            stop = min(stop, fitted)
+            bar.total = fitted
+            extra["steps"] = fitted
         if ckpt.due(step + 1) or step + 1 == stop:
             ema.decay = args.ema_decay
             ckpt.save(step + 1, unet, optimizer, ema, extra=extra)
+        if step + 1 >= stop:
+            break
     bar.close()
     result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
     if stop < args.steps:
@@ -217,3 +286,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     export_unet(run_dir, Path(args.out) if args.out is not None else run_dir / "unet")
     print(json.dumps(result))
     return result
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move a (resumed) optimizer's state tensors to ``device``."""
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if torch.is_tensor(v) and k != "step":
+                state[k] = v.to(device)

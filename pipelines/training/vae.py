@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widths", type=str, default=None, help="block_out_channels, e.g. 16,32,64")
     parser.add_argument("--sample-posterior", action="store_true", help="decode z ~ q(z|x), not its mean")
     parser.add_argument("--scale-samples", type=int, default=2048, help="renders used to measure latent std")
+    parser.add_argument("--finetune-decoder", type=Path, default=None,
+                        help="fine-tune only the decoder of this trained VAE (encoder, latent space and "
+                             "scaling factor stay exactly as they are, so an LDM trained on it stays valid)")
+    parser.add_argument("--grad-weight", type=float, default=0.0,
+                        help="weight of an L1 loss on image gradients (sharpens edges, thin arms, star points)")
 
 
 def create_vae(cfg: dict[str, Any] | None = None, seed: int | None = None) -> Any:
@@ -67,20 +72,34 @@ def render_renders(seed: int, n: int, holdout: str = "exclude") -> np.ndarray:
     return shapes.render_batch([shapes.sample_recipe(rng, holdout=holdout) for _ in range(n)])
 
 
-def vae_loss(vae: Any, x: torch.Tensor, kl_weight: float,
-             sample: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal and vertical finite differences of a (N, C, H, W) batch."""
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def vae_loss(vae: Any, x: torch.Tensor, kl_weight: float, sample: bool = False,
+             grad_weight: float = 0.0, decoder_only: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """L1 + L2 reconstruction, plus ``kl_weight`` * KL(q(z|x) || N(0, I)).
 
     By default the decoder reconstructs from the posterior *mean* (what the LDM is trained on and
     what ``psnr`` measures). Decoding reparameterised samples (``sample=True``) starts with unit
     posterior noise that a 1e-6 KL barely pushes down; measured here: a 20 dB plateau by step 390.
     """
-    posterior = vae.encode(x).latent_dist
+    with torch.set_grad_enabled(not decoder_only and torch.is_grad_enabled()):
+        posterior = vae.encode(x).latent_dist
     recon = vae.decode(posterior.sample() if sample else posterior.mean).sample
     l1, l2 = F.l1_loss(recon, x), F.mse_loss(recon, x)
-    kl = posterior.kl().mean() / x[0].numel()  # per-pixel, as the reconstruction terms
-    loss = l1 + l2 + kl_weight * kl * x[0].numel()
-    return loss, {"l1": l1.item(), "l2": l2.item(), "kl": kl.item()}
+    loss = l1 + l2
+    parts = {"l1": l1.item(), "l2": l2.item()}
+    if not decoder_only:  # the KL term only shapes the encoder
+        kl = posterior.kl().mean() / x[0].numel()  # per-pixel, as the reconstruction terms
+        loss = loss + kl_weight * kl * x[0].numel()
+        parts["kl"] = kl.item()
+    if grad_weight > 0:
+        grad = sum(F.l1_loss(a, b) for a, b in zip(image_gradients(recon), image_gradients(x)))
+        loss = loss + grad_weight * grad
+        parts["grad"] = float(grad.detach())
+    return loss, parts
 
 
 @torch.no_grad()
@@ -117,8 +136,19 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     if args.widths:
         widths = [int(w) for w in args.widths.split(",")]
         cfg = {**cfg, "block_out_channels": widths, "norm_num_groups": min(32, widths[0] // 2)}
-    vae = create_vae(cfg, seed=args.seed).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.finetune_decoder is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.finetune_decoder, use_safetensors=True, dtype=torch.float32)
+        cfg = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+        for module in (vae.encoder, vae.quant_conv):
+            if module is not None:
+                module.requires_grad_(False)
+        vae.train()
+        vae.encoder.eval()
+    else:
+        vae = create_vae(cfg, seed=args.seed).train()
+    optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     ckpt = common.Checkpointer(args.run_dir, every=args.checkpoint_every)
     start = 0
     if args.resume:
@@ -134,14 +164,15 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=0.05)
         common.set_lr(optimizer, lr)
         x = to_tensor(render_renders(int(common.step_rng(args.seed, step).integers(2**62)), args.batch_size))
-        loss, parts = vae_loss(vae, x, args.kl_weight, args.sample_posterior)
+        loss, parts = vae_loss(vae, x, args.kl_weight, args.sample_posterior, args.grad_weight,
+                               decoder_only=args.finetune_decoder is not None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        common.clip_grad(vae.parameters(), 1.0)
+        common.clip_grad([p for p in vae.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         log.log(step + 1, loss=loss.item(), lr=lr, **parts)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
         if ckpt.due(step + 1) or step + 1 == stop:
             ckpt.save(step + 1, vae, optimizer)
     bar.close()
@@ -150,8 +181,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         print(f"stopped at step {stop}/{args.steps}; resume with --resume")
         return result
     vae.eval()
-    factor = measure_scaling_factor(vae, 64 if args.tiny else args.scale_samples, args.seed + 1)
-    vae.register_to_config(scaling_factor=factor)
+    if args.finetune_decoder is None:
+        factor = measure_scaling_factor(vae, 64 if args.tiny else args.scale_samples, args.seed + 1)
+        vae.register_to_config(scaling_factor=factor)
+    else:  # same encoder, same latents: the LDM's scaling factor stays
+        factor = float(vae.config.scaling_factor)
     out = Path(args.out) if args.out is not None else Path(args.run_dir) / "out"
     vae.save_pretrained(out, safe_serialization=True)
     result.update(scaling_factor=factor, psnr=psnr(vae, render_renders(EVAL_SEED, 64 if args.tiny else 512)))

@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from pipelines.default_settings import FALLBACK, DefaultSettingsError, read_default_settings
 from pipelines.events import GenerationCancelled
 from pipelines.model_files import native_image_size
 from pipelines.registry import ModelLoadError
@@ -53,6 +54,22 @@ def model_choices(services: Services) -> list[tuple[str, str]]:
     return [(e.label, e.id) for e in services.registry.entries()]
 
 
+def model_defaults(services: Services, model_id: str | None) -> tuple[dict, str | None]:
+    """(the model's default settings, an error message if its default_settings.json is broken)."""
+    if not model_id:
+        return dict(FALLBACK), None
+    try:
+        return read_default_settings(services.registry.get(model_id).path), None
+    except ModelLoadError:
+        return dict(FALLBACK), None
+    except DefaultSettingsError as exc:
+        return dict(FALLBACK), f"{exc} Using the usual defaults instead."
+
+
+def _guidance_info(defaults: dict) -> str:
+    return f"this model's default: {defaults['guidance_scale']:g} (≤ 1 turns guidance off)"
+
+
 def _show_step(frames: list[TrajectoryFrames] | None, image_index: Any, step: Any):
     if not frames:
         return None, None, "No trajectory yet."
@@ -66,6 +83,7 @@ def _show_step(frames: list[TrajectoryFrames] | None, image_index: Any, step: An
 def build_generate_tab(services: Services) -> GenerateTab:
     default_model = services.default_model_id()
     entry_size = (native_image_size(services.registry.get(default_model).path) if default_model else None) or 512
+    defaults, _ = model_defaults(services, default_model)
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
@@ -77,8 +95,9 @@ def build_generate_tab(services: Services) -> GenerateTab:
             negative = gr.Textbox(label="Negative prompt", lines=1)
             gr.Examples(EXAMPLE_PROMPTS, inputs=[prompt], label="Example prompts (Shapes world vocabulary)")
             with gr.Row():
-                steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
-                guidance = gr.Slider(0, 30, value=7.5, step=0.5, label="Guidance scale")
+                steps = gr.Slider(1, 150, value=defaults["num_inference_steps"], step=1, label="Steps")
+                guidance = gr.Slider(0, 30, value=defaults["guidance_scale"], step=0.5, label="Guidance scale",
+                                     info=_guidance_info(defaults))
             with gr.Row():
                 seed = gr.Number(value=-1, label="Seed (-1 = random)")
                 random_seed = gr.Button("🎲 Random", size="sm")
@@ -89,7 +108,7 @@ def build_generate_tab(services: Services) -> GenerateTab:
             with gr.Row():
                 scheduler = gr.Dropdown([(MODEL_DEFAULT_SCHEDULER, MODEL_DEFAULT_SCHEDULER)]
                                         + [(c.label, c.name) for c in SCHEDULERS.values()],
-                                        value=DEFAULT_SCHEDULER, label="Scheduler")
+                                        value=defaults["scheduler"] or DEFAULT_SCHEDULER, label="Scheduler")
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
@@ -160,13 +179,21 @@ def build_generate_tab(services: Services) -> GenerateTab:
     refresh.click(rescan, model, model, queue=False, api_visibility="private")
 
     def on_model_change(model_id):
+        """A picked model brings its native size and its default steps, guidance and scheduler."""
         try:
             size = native_image_size(services.registry.get(model_id).path) if model_id else None
         except ModelLoadError:
             size = None
-        return (gr.Slider(value=size), gr.Slider(value=size)) if size else (gr.Slider(), gr.Slider())
+        d, problem = model_defaults(services, model_id)
+        if problem:
+            gr.Warning(problem)
+        sized = (gr.Slider(value=size), gr.Slider(value=size)) if size else (gr.Slider(), gr.Slider())
+        return (*sized, gr.Slider(value=d["num_inference_steps"]),
+                gr.Slider(value=d["guidance_scale"], info=_guidance_info(d)),
+                gr.Dropdown(value=d["scheduler"] or DEFAULT_SCHEDULER))
 
-    model.input(on_model_change, model, [width, height], queue=False, api_visibility="private")
+    model.input(on_model_change, model, [width, height, steps, guidance, scheduler], queue=False,
+                api_visibility="private")
     return GenerateTab(model, prompt, negative, steps, guidance, seed, width, height, scheduler, batch_size,
                        finished=event)
 

@@ -76,3 +76,33 @@ def test_unwritable_gallery_folder_exits_with_a_message(tmp_path):
     assert result.returncode == 2
     assert "not writable" in result.stderr and "--gallery-dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _component(demo: gr.Blocks, label: str) -> dict:
+    return next(c["props"] for c in demo.config["components"] if c.get("props", {}).get("label") == label)
+
+
+def test_generate_tab_starts_from_the_model_default_settings(tmp_path, tiny_sd_dir):
+    import shutil
+
+    from pipelines.default_settings import write_default_settings
+    from studio.tabs.generate import model_defaults
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_sd_dir, models / "tiny-sd")
+    write_default_settings(models / "tiny-sd", 2.5, 12, "euler")
+    shutil.copytree(tiny_sd_dir, models / "tiny-sd-bad")
+    (models / "tiny-sd-bad" / "default_settings.json").write_text('{"guidance_scale": "lots"}')
+    settings = Settings(models_dir=models, gallery_dir=tmp_path / "gallery", builtin_models_dir=tmp_path / "none",
+                        use_hf_cache=False, device="cpu")
+    services = build_services(settings)
+    try:
+        assert services.default_model_id() == "local/tiny-sd"
+        demo = build_app(services)
+        assert _component(demo, "Guidance scale")["value"] == 2.5
+        assert _component(demo, "Steps")["value"] == 12
+        assert _component(demo, "Scheduler")["value"] == "euler"
+        defaults, problem = model_defaults(services, "local/tiny-sd-bad")
+        assert defaults["guidance_scale"] == 7.5 and "guidance_scale must be" in problem
+    finally:
+        services.close()

@@ -1,0 +1,76 @@
+"""Per-model default generation settings (``default_settings.json`` in a model folder).
+
+Like InvokeAI's model "default settings": a model can say which guidance scale, step count and
+scheduler suit it, and the UI starts from those when the model is picked. The right guidance is a
+property of the model, not of the tool: SD 1.x works best near 7.5, while the tiny builtin
+shapes-ldm over-guides there (its judge-measured accuracy peaks at low scales; see the README's
+model section and ``python -m pipelines.evaluate shapes-ldm``). Models without the file use
+:data:`FALLBACK` (the diffusers / A1111 conventions). diffusers ignores the extra file, so the
+folder stays an ordinary diffusers folder.
+
+Example file::
+
+    {"guidance_scale": 2.0, "num_inference_steps": 25, "scheduler": "dpmpp_2m",
+     "note": "judge accuracy peaks at guidance 2-3 (python -m pipelines.evaluate shapes-ldm)"}
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+FILENAME = "default_settings.json"
+FALLBACK: dict[str, Any] = {"guidance_scale": 7.5, "num_inference_steps": 25, "scheduler": None}
+
+
+class DefaultSettingsError(ValueError):
+    """``default_settings.json`` exists but is unreadable or holds an invalid value."""
+
+
+def _check(path: Path, data: Any) -> dict[str, Any]:
+    from pipelines.requests import MAX_GUIDANCE, MAX_STEPS
+    from pipelines.schedulers import SCHEDULERS
+
+    if not isinstance(data, dict):
+        raise DefaultSettingsError(f"{path} must hold a JSON object.")
+    unknown = sorted(set(data) - set(FALLBACK) - {"note"})
+    if unknown:
+        raise DefaultSettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
+                                   f"allowed: {', '.join(sorted(FALLBACK))}, note.")
+    g = data.get("guidance_scale", FALLBACK["guidance_scale"])
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
+        raise DefaultSettingsError(f"{path}: guidance_scale must be a number from 0 to {MAX_GUIDANCE} (got {g!r}).")
+    steps = data.get("num_inference_steps", FALLBACK["num_inference_steps"])
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise DefaultSettingsError(f"{path}: num_inference_steps must be a whole number from 1 to {MAX_STEPS} "
+                                   f"(got {steps!r}).")
+    sched = data.get("scheduler", FALLBACK["scheduler"])
+    if sched is not None and sched not in SCHEDULERS:
+        raise DefaultSettingsError(f"{path}: scheduler {sched!r} is not one of {', '.join(SCHEDULERS)}.")
+    return {"guidance_scale": float(g), "num_inference_steps": steps, "scheduler": sched}
+
+
+def read_default_settings(folder: Path) -> dict[str, Any]:
+    """The model's defaults merged over :data:`FALLBACK` (raises :class:`DefaultSettingsError`)."""
+    path = Path(folder) / FILENAME
+    if not path.is_file():
+        return dict(FALLBACK)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DefaultSettingsError(f"{path} is not valid JSON ({exc}); fix or delete it.") from None
+    return _check(path, data)
+
+
+def write_default_settings(folder: Path, guidance_scale: float, num_inference_steps: int = 25,
+                           scheduler: str | None = None, note: str = "") -> Path:
+    """Write (validated) defaults into a model folder; returns the file."""
+    path = Path(folder) / FILENAME
+    data: dict[str, Any] = {"guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps,
+                            "scheduler": scheduler}
+    _check(path, data)
+    if note:
+        data["note"] = note
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path

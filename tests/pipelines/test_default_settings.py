@@ -1,0 +1,46 @@
+"""Per-model default settings (default_settings.json): read, validated, written, used by the Generate tab."""
+import json
+
+import pytest
+
+from pipelines.default_settings import (FALLBACK, DefaultSettingsError, read_default_settings,
+                                        write_default_settings)
+
+
+def test_absent_file_gives_the_usual_defaults(tmp_path):
+    assert read_default_settings(tmp_path) == FALLBACK
+    assert FALLBACK["guidance_scale"] == 7.5
+
+
+def test_written_settings_read_back(tmp_path):
+    write_default_settings(tmp_path, 2.5, 30, "euler", note="measured")
+    assert read_default_settings(tmp_path) == {"guidance_scale": 2.5, "num_inference_steps": 30,
+                                               "scheduler": "euler"}
+    assert json.loads((tmp_path / "default_settings.json").read_text())["note"] == "measured"
+
+
+def test_partial_file_is_merged_over_the_fallback(tmp_path):
+    (tmp_path / "default_settings.json").write_text('{"guidance_scale": 3}')
+    assert read_default_settings(tmp_path) == {**FALLBACK, "guidance_scale": 3.0}
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"guidance": 3}', "unknown setting(s) guidance"),
+    ('{"guidance_scale": -1}', "guidance_scale must be"),
+    ('{"guidance_scale": "high"}', "guidance_scale must be"),
+    ('{"num_inference_steps": 2.5}', "num_inference_steps must be"),
+    ('{"scheduler": "warp-drive"}', "scheduler 'warp-drive' is not one of"),
+])
+def test_bad_files_are_named_with_the_problem(tmp_path, text, fragment):
+    (tmp_path / "default_settings.json").write_text(text)
+    with pytest.raises(DefaultSettingsError, match="default_settings.json") as info:
+        read_default_settings(tmp_path)
+    assert fragment in str(info.value)
+
+
+def test_write_refuses_invalid_values(tmp_path):
+    with pytest.raises(DefaultSettingsError):
+        write_default_settings(tmp_path, float("nan"))
+    assert not (tmp_path / "default_settings.json").exists()
