@@ -76,7 +76,8 @@ def check_text_encoder(ldm_run_dir: Path, clip_dir: Path = CLIP_DIR) -> str:
 
 
 def assemble(vae_dir: Path = Path("runs/vae/out"), ldm_run_dir: Path = Path("runs/ldm"), out: Path = MODEL_DIR,
-             dtype: torch.dtype = torch.float16, default_guidance: float | None = None) -> Path:
+             dtype: torch.dtype = torch.float16, default_guidance: float | None = None,
+             default_steps: int = 25) -> Path:
     """Write the SD folder to ``out`` (atomically replacing an old one); returns ``out``."""
     pipe = build_pipeline(vae_dir, ldm_run_dir)
     pipe.unet.to(dtype)
@@ -93,7 +94,7 @@ def assemble(vae_dir: Path = Path("runs/vae/out"), ldm_run_dir: Path = Path("run
     if default_guidance is not None:
         from pipelines.default_settings import write_default_settings
 
-        write_default_settings(tmp, default_guidance, 25, "dpmpp_2m",
+        write_default_settings(tmp, default_guidance, default_steps, "dpmpp_2m",
                                note="chosen from the judge's guidance curve: python -m pipelines.evaluate shapes-ldm")
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -125,8 +126,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--out", type=Path, default=MODEL_DIR)
     p.add_argument("--default-guidance", type=float, default=None,
                    help="write default_settings.json with this guidance scale (the Generate tab's default)")
+    p.add_argument("--default-steps", type=int, default=25, help="with --default-guidance: the default step count")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    out = assemble(args.vae_dir, args.run_dir, args.out, default_guidance=args.default_guidance)
+    out = assemble(args.vae_dir, args.run_dir, args.out, default_guidance=args.default_guidance,
+                   default_steps=args.default_steps)
     print(check_text_encoder(args.run_dir))
     info = _training_info(args.run_dir)
     init = info.get("init_from")

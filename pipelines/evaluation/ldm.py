@@ -9,6 +9,10 @@ one diffusers call, with the studio's conventions: the scheduler swapped in with
 image equals the studio's single request with that seed), no negative prompt (the unconditional
 branch of classifier-free guidance, Ho & Salimans 2022, encodes ""). Ground-truth renders of the
 same recipes are judged too (the judge's own ceiling). Rombach et al. 2022 (latent diffusion).
+
+Steps, scheduler and the reported ("default") guidance are the model's own defaults from its
+``default_settings.json``, i.e. what the Generate tab starts from; ``all`` is the share of
+images with every attribute right.
 """
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ DEFAULT_GUIDANCE = "1,2,4,7.5,12"  # the curve; the model's own default scale is
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=str, default=DEFAULT_GUIDANCE, help="comma-separated scales")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--scheduler", type=str, default="dpmpp_2m")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's (default_settings.json)")
+    parser.add_argument("--scheduler", type=str, default=None, help="default: the model's, else dpmpp_2m")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N seen prompts")
     parser.add_argument("--batch", type=int, default=48, help="prompts per diffusers call")
     parser.add_argument("--model-id", type=str, default="builtin/shapes-ldm")
@@ -155,8 +159,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.limit is not None:
         seen = [r for r in recipes if not r.is_holdout][:args.limit]
         recipes = seen + [r for r in recipes if r.is_holdout]
+    from pipelines.schedulers import DEFAULT_SCHEDULER
+
     model = load_model(args.weights, args.model_id)
-    default = model_defaults(model)["guidance_scale"]
+    defaults = model_defaults(model)
+    default = defaults["guidance_scale"]
+    args.steps = args.steps or defaults["num_inference_steps"]
+    args.scheduler = args.scheduler or defaults["scheduler"] or DEFAULT_SCHEDULER
     guidances = sorted({float(g) for g in args.guidance.split(",")} | {default})
     result = evaluate(model, recipes, guidances, args.steps, args.scheduler, seed=args.seed or 0, batch=args.batch)
     result["default_guidance"] = default
@@ -165,7 +174,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     info = Path(model.pipe.name_or_path) / "training.json"
     result["training"] = json.loads(info.read_text()) if info.is_file() else {}
     print(format_table(result))
-    print(f"one 64x64 image at this model's defaults (guidance {default:g}): "
+    print(f"one 64x64 image at this model's defaults ({args.steps} {args.scheduler} steps, guidance {default:g}): "
           f"{result['seconds_per_image_single']:.2f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

@@ -188,12 +188,14 @@ def test_evaluation_reproduces_the_quality_bar(tmp_path):
     assert seen["position"] >= 0.85 and seen["background"] >= 0.95
     assert held["colour"] >= 0.90 and held["shape"] >= 0.80
     assert all(result["ground_truth"][s][a] >= 0.99 for s in ("seen", "holdout") for a in seen)
-    # guidance does something: at 1 (no guidance) fewer images get every attribute right
-    low = result["guidance"]["1.0"]
+    # the curve shows guidance doing something: the share of images with every attribute right
+    # peaks at the default, lower without guidance (1) and far lower when over-guided (12)
     n_seen, n_held = result["n_seen"], result["n_holdout"]
 
-    def joint(scores):
+    def joint(g):
+        scores = result["guidance"][g]
         return (scores["seen"]["all"] * n_seen + scores["holdout"]["all"] * n_held) / (n_seen + n_held)
 
-    assert joint(low) <= joint(result["guidance"][default]) - 0.05
+    assert joint("1.0") <= joint(default) - 0.02  # at least 5 of 240 images more right with guidance
+    assert joint("12.0") <= joint(default) - 0.20
     assert result["seconds_per_image_single"] > 0
