@@ -1,6 +1,7 @@
 """Generate tab: prompt -> image, with live x0 previews, honest phases, Cancel and a trajectory scrubber."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -18,6 +19,7 @@ from ..generation import (MODEL_DEFAULT_SCHEDULER, TrajectoryFrames, build_reque
                           save_result)
 from ..services import Services
 
+log = logging.getLogger(__name__)
 PREVIEW_EVERY_S = 0.2  # decode a live preview at most this often (the run itself never waits)
 EXAMPLE_PROMPTS = [
     "a red circle",
@@ -83,7 +85,9 @@ def _show_step(frames: list[TrajectoryFrames] | None, image_index: Any, step: An
 def build_generate_tab(services: Services) -> GenerateTab:
     default_model = services.default_model_id()
     entry_size = (native_image_size(services.registry.get(default_model).path) if default_model else None) or 512
-    defaults, _ = model_defaults(services, default_model)
+    defaults, problem = model_defaults(services, default_model)
+    if problem:
+        log.warning(problem)
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
