@@ -111,14 +111,13 @@ def model_defaults(model: Any) -> dict[str, Any]:
     return read_default_settings(Path(model.pipe.name_or_path))
 
 
-def time_single(model: Any, prompt: str = "a red circle", repeats: int = 3) -> float:
-    """Best wall seconds of one 64x64 studio request at the Generate tab's defaults for this model."""
+def time_single(model: Any, defaults: dict[str, Any], prompt: str = "a red circle", repeats: int = 3) -> float:
+    """Best wall seconds of one 64x64 studio request at ``defaults`` (the model's Generate defaults)."""
     from pipelines.requests import ImageRequest
     from pipelines.schedulers import DEFAULT_SCHEDULER
 
-    d = model_defaults(model)
-    req = ImageRequest(prompt=prompt, scheduler=d["scheduler"] or DEFAULT_SCHEDULER,
-                       num_inference_steps=d["num_inference_steps"], guidance_scale=d["guidance_scale"],
+    req = ImageRequest(prompt=prompt, scheduler=defaults["scheduler"] or DEFAULT_SCHEDULER,
+                       num_inference_steps=defaults["num_inference_steps"], guidance_scale=defaults["guidance_scale"],
                        height=64, width=64, capture_trajectory=False)
     model.generate(req)  # warm-up
     best = float("inf")
@@ -169,12 +168,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     guidances = sorted({float(g) for g in args.guidance.split(",")} | {default})
     result = evaluate(model, recipes, guidances, args.steps, args.scheduler, seed=args.seed or 0, batch=args.batch)
     result["default_guidance"] = default
-    result["seconds_per_image_single"] = time_single(model)
+    result["seconds_per_image_single"] = time_single(model, defaults)
     result["weights"] = str(Path(model.pipe.name_or_path))
     info = Path(model.pipe.name_or_path) / "training.json"
     result["training"] = json.loads(info.read_text()) if info.is_file() else {}
     print(format_table(result))
-    print(f"one 64x64 image at this model's defaults ({args.steps} {args.scheduler} steps, guidance {default:g}): "
+    print(f"one 64x64 image at this model's defaults ({defaults['num_inference_steps']} "
+          f"{defaults['scheduler'] or DEFAULT_SCHEDULER} steps, guidance {default:g}): "
           f"{result['seconds_per_image_single']:.2f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

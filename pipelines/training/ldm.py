@@ -247,7 +247,6 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                                           prefetch_factor=4 if args.workers > 0 else None)
     bar = common.progress(args.steps, initial=start, desc=f"ldm {n_params / 1e6:.1f}M")
     t0 = time.time()
-    step = start
     for step, (rows, cap_rows, noise, t) in enumerate(batches, start=start):
         lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=args.min_lr_ratio)
         common.set_lr(optimizer, lr)
@@ -263,9 +262,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         optimizer.step()
         ema.decay = min(args.ema_decay, (1 + step) / (10 + step))  # EMA warm-up (ships early checkpoints)
         ema.update(unet)
-        log.log(step + 1, loss=loss.item(), mse=per.mean().item(), lr=lr, grad_norm=gnorm)
+        loss_value = loss.item()  # one device sync for the log and the bar
+        log.log(step + 1, loss=loss_value, mse=per.mean().item(), lr=lr, grad_norm=gnorm)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
         fitted = budget.total(step + 1, args.steps)
         if fitted < args.steps:  # the time budget cut the run: the schedule ends at the new total
             print(f"time budget: {fitted} steps fit (asked {args.steps})")
