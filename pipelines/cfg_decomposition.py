@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pipelines.requests import ImageRequest
+from pipelines.requests import ImageRequest, guided_steps
 from pipelines.x0 import predict_x0
 
 
@@ -25,6 +25,7 @@ class CFGStep:
 
     step: int
     timestep: float
+    scale: float  # the w applied at this step (1 outside a guidance interval: eps_c alone)
     sample: torch.Tensor  # x_t the step started from
     eps_uncond: torch.Tensor
     eps_cond: torch.Tensor
@@ -85,11 +86,13 @@ def decompose(model: Any, req: ImageRequest) -> tuple[Any, list[CFGStep]]:
                            "this sampler evaluates the model more than once a step; not supported yet.")
     scheduler = pipe.scheduler
     n = req.num_images
+    first, end = guided_steps(req.guidance_interval, req.num_inference_steps)
     steps = []
     for i, (out, (guided, timestep, sample)) in enumerate(zip(unet_outputs, scheduler_calls)):
         uncond, cond = out[:n], out[n:]
         # x0 maths needs the scheduler's state at this step: flow/VE sigmas come from the timestep
         x0 = [predict_x0(scheduler, e[:1], timestep, sample[:1])[0] for e in (uncond, cond, guided)]
-        steps.append(CFGStep(step=i, timestep=timestep, sample=sample[0], eps_uncond=uncond[0], eps_cond=cond[0],
+        w = req.guidance_scale if first <= i < end else 1.0
+        steps.append(CFGStep(step=i, timestep=timestep, scale=w, sample=sample[0], eps_uncond=uncond[0], eps_cond=cond[0],
                              eps_guided=guided[0], x0_uncond=x0[0], x0_cond=x0[1], x0_guided=x0[2]))
     return result, steps

@@ -19,7 +19,7 @@ from .events import CancelFlag, StepCallback, StepEvent
 from .model_files import check_model_folder
 from .previews import PreviewDecoder, find_taesd
 from .registry import ModelEntry, ModelLoadError
-from .requests import ImageRequest, ImageResult, Trajectory, validate_image_request
+from .requests import ImageRequest, ImageResult, Trajectory, guided_steps, validate_image_request
 from .schedulers import make_scheduler, scheduler_name_of
 from .text_limits import overflow_warning
 from .x0 import predict_x0, supports_x0, unit_scale_after_step
@@ -33,6 +33,18 @@ class StudioStableDiffusionPipeline(StableDiffusionPipeline):
     """
 
     _callback_tensor_inputs = [*StableDiffusionPipeline._callback_tensor_inputs, "noise_pred"]
+    # Guidance only inside a window of steps: diffusers' loop reads ``self.guidance_scale`` at every
+    # step in ``eps_u + w * (eps_c - eps_u)``; outside the window it gets 1, i.e. eps_c alone.
+    _guided_steps: Optional[tuple[int, int]] = None  # (first, end): guidance for first <= i < end
+    _current_step: int = 0  # set by the step observer
+
+    @property
+    def guidance_scale(self):
+        window = self._guided_steps
+        if window is not None and self.do_classifier_free_guidance \
+                and not window[0] <= self._current_step < window[1]:
+            return 1.0
+        return self._guidance_scale
 
 
 class _StepObserver:
@@ -52,6 +64,7 @@ class _StepObserver:
         return self.capture or self.on_step is not None
 
     def __call__(self, pipe, i: int, t, kwargs: dict) -> dict:
+        pipe._current_step = i + 1
         scheduler = pipe.scheduler
         if self._x_t is None:  # the pipeline scaled our noise by init_noise_sigma
             self._x_t = self._initial_noise * scheduler.init_noise_sigma
@@ -112,6 +125,12 @@ class LatentDiffusion:
     def size_multiple(self) -> int:
         return 8
 
+    @property
+    def supports_guidance(self) -> bool:
+        """False for guidance-distilled UNets (LCM-style ``time_cond_proj_dim``): the scale is an
+        input of the network, there is no unconditional branch to mix."""
+        return self.pipe.unet.config.time_cond_proj_dim is None
+
     def scheduler_for(self, name: Optional[str]):
         if name is None:
             return self._default_scheduler_cls.from_config(self._scheduler_config)
@@ -140,14 +159,20 @@ class LatentDiffusion:
         tensor_inputs = ["latents", "noise_pred"] if observer.needs_noise_pred else ["latents"]
         if cancel is not None:
             cancel.raise_if_set(0)
+        pipe._current_step = 0
+        pipe._guided_steps = (None if req.guidance_interval is None
+                              else guided_steps(req.guidance_interval, req.num_inference_steps))
         start = time.perf_counter()
-        out = pipe(
-            prompt=req.prompt, negative_prompt=req.negative_prompt or None,
-            num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale,
-            num_images_per_prompt=req.num_images,
-            height=height, width=width, latents=noise, generator=generators,
-            callback_on_step_end=observer, callback_on_step_end_tensor_inputs=tensor_inputs,
-        )
+        try:
+            out = pipe(
+                prompt=req.prompt, negative_prompt=req.negative_prompt or None,
+                num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale,
+                guidance_rescale=req.guidance_rescale, num_images_per_prompt=req.num_images,
+                height=height, width=width, latents=noise, generator=generators,
+                callback_on_step_end=observer, callback_on_step_end_tensor_inputs=tensor_inputs,
+            )
+        finally:
+            pipe._guided_steps = None
         return ImageResult(
             images=list(out.images), seeds=seeds, request=req, model_id=self.model_id, family=self.family,
             scheduler=req.scheduler or scheduler_name_of(pipe.scheduler), width=width, height=height,

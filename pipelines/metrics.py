@@ -10,6 +10,10 @@
   0-255 pixels. Over-guided samples push colours out of range, and this number climbs.
 - Shapes adherence: the Shapes judge's share of the prompt's attributes shown in the image, for
   prompts the Shapes world's grammar can read (None otherwise).
+- Shapes fidelity: the judge's graded reading (:func:`pipelines.judges.shapes.grade`), the mean
+  over the prompt's attributes of how close the image comes to each (1 exact, 0.5 at the judge's
+  decision threshold). Adherence saturates at 1 once every attribute is right; fidelity keeps
+  telling a crisp red from a roughly red.
 """
 from __future__ import annotations
 
@@ -63,6 +67,18 @@ def shapes_adherence(image: Image.Image | np.ndarray, prompt: str) -> float | No
         return None
     verdict = judge(image, wanted)
     return sum(verdict.values()) / len(verdict)
+
+
+def shapes_fidelity(image: Image.Image | np.ndarray, prompt: str) -> float | None:
+    """Mean graded closeness to the attributes ``prompt`` names (None: not a Shapes prompt)."""
+    from pipelines.judges.shapes import grade
+    from pipelines.worlds.shapes import parse_prompt
+
+    wanted = parse_prompt(prompt)
+    if not wanted:
+        return None
+    scores = grade(image, wanted)
+    return sum(scores.values()) / len(scores)
 
 
 class ClipScorer:

@@ -89,3 +89,20 @@ def native_image_size(folder: Path) -> int | None:
         return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def guidance_note(folder: Path) -> str | None:
+    """Why a model folder has no classifier-free guidance to study (None: it has, or unknown), from configs.
+
+    A UNet with ``time_cond_proj_dim`` (LCM-style guidance distillation) takes the scale as an
+    input: diffusers then runs no unconditional branch, so there is nothing to sweep or decompose.
+    """
+    try:
+        unet = json.loads((Path(folder) / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if unet.get("time_cond_proj_dim") is not None:
+        return ("This model has no classifier-free guidance: it is guidance-distilled (its UNet takes the scale as "
+                "an input, time_cond_proj_dim), so there are no unconditional and conditional predictions to "
+                "mix, sweep or decompose. Pick a model with guidance.")
+    return None

@@ -6,6 +6,7 @@ previews cost 2-2.5x), so they use TAESD when it is on disk, or a linear latent-
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -113,3 +114,24 @@ def find_taesd(model_dir: Path) -> Path | None:
         if (candidate / "config.json").is_file():
             return candidate
     return None
+
+
+def latent_heatmap(latent: torch.Tensor, vmax: float, cell: int = 64) -> Image.Image:
+    """A (C, h, w) tensor as a tile of C diverging maps (blue < 0 < red, white at 0), ``vmax`` at full colour.
+
+    Shows noise predictions and their differences, which are not images: channels side by side
+    (2 x 2 for 4 channels), each upscaled to ``cell`` pixels without smoothing.
+    """
+    lat = latent.detach().float().cpu()
+    c = lat.shape[0]
+    cols = math.ceil(math.sqrt(c))
+    rows = math.ceil(c / cols)
+    v = (lat / max(float(vmax), 1e-8)).clamp(-1, 1).numpy()
+    pos, neg = np.clip(v, 0, 1), np.clip(-v, 0, 1)
+    # white -> red for positive, white -> blue for negative
+    rgb = np.stack([1 - neg * 0.8, 1 - (pos + neg) * 0.8, 1 - pos * 0.8], axis=-1)  # (C, h, w, 3)
+    tile = Image.new("RGB", (cols * cell + (cols - 1) * 2, rows * cell + (rows - 1) * 2), (90, 90, 90))
+    for k in range(c):
+        im = Image.fromarray((rgb[k] * 255).round().astype(np.uint8)).resize((cell, cell), Image.Resampling.NEAREST)
+        tile.paste(im, ((k % cols) * (cell + 2), (k // cols) * (cell + 2)))
+    return tile

@@ -13,7 +13,8 @@ from .clip_vocab import write_hf_clip_tokenizer
 
 
 def build_tiny_sd(folder: Path, *, prediction_type: str = "epsilon", sample_size: int = 8,
-                  block_channels: tuple[int, ...] = (32, 64), seed: int = 0) -> Path:
+                  block_channels: tuple[int, ...] = (32, 64), seed: int = 0,
+                  time_cond_proj_dim: int | None = None) -> Path:
     """Save a random-weight StableDiffusionPipeline folder (model_index.json + components).
 
     Latents are ``sample_size`` x ``sample_size`` x 4; the VAE downsamples by 2 per block
@@ -28,6 +29,7 @@ def build_tiny_sd(folder: Path, *, prediction_type: str = "epsilon", sample_size
         in_channels=4, out_channels=4, cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(block_channels) - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (len(block_channels) - 1) + ("UpBlock2D",),
+        time_cond_proj_dim=time_cond_proj_dim,
     )
     vae = AutoencoderKL(
         block_out_channels=[16] * len(block_channels), in_channels=3, out_channels=3, latent_channels=4,

@@ -6,6 +6,7 @@ import gradio as gr
 from .services import Services
 from .tabs.gallery import build_gallery_tab
 from .tabs.generate import build_generate_tab
+from .tabs.guidance import build_guidance_tab
 
 TITLE = "Multimodal Studio"
 # Small models make small images (64 px): show them large and crisp instead of tiny or blurred.
@@ -22,14 +23,18 @@ def build_app(services: Services) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 generate = build_generate_tab(services)
+            with gr.Tab("Guidance Explorer", id="guidance"):
+                guidance = build_guidance_tab(services, tabs)
             with gr.Tab("Gallery", id="gallery"):
-                gallery = build_gallery_tab(services, generate, tabs)
+                gallery = build_gallery_tab(services, generate, tabs, guidance)
         refresh_fn, refresh_inputs, refresh_outputs = gallery["refresh"]
         choices_fn, choices_outputs = gallery["choices"]
         # After every finished generation and on every page load the gallery shows the newest items.
-        generate.finished.then(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private",
-                               concurrency_limit=None)
+        for finished in [generate.finished, *guidance.finished]:
+            finished.then(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private",
+                          concurrency_limit=None)
         demo.load(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private", concurrency_limit=None)
         demo.load(choices_fn, None, choices_outputs, api_visibility="private", concurrency_limit=None)
+        demo.load(guidance.saved_choices, None, guidance.saved, api_visibility="private", concurrency_limit=None)
     demo.queue(default_concurrency_limit=8)
     return demo

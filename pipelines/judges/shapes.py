@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -96,32 +97,49 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _shape_iou(shape: str, weights: np.ndarray, area: float, cx: float, cy: float) -> float:
+    """Soft IoU of ``weights`` with ``shape``'s template of equal area centred at (cx, cy)."""
+    t = coverage(shape, cx, cy, math.sqrt(area / unit_area(shape)))
+    t[t < ALPHA_MIN] = 0.0
+    return float(np.minimum(weights, t).sum() / max(np.maximum(weights, t).sum(), 1e-6))
+
+
 def _best_shape(weights: np.ndarray, area: float, cx: float, cy: float) -> tuple[str, float, float]:
     """(shape, soft IoU, bounding radius) of the template that best matches ``weights``."""
     best = ("", -1.0, 0.0)
     for shape in SHAPES:
-        r = math.sqrt(area / unit_area(shape))
-        t = coverage(shape, cx, cy, r)
-        t[t < ALPHA_MIN] = 0.0
-        iou = float(np.minimum(weights, t).sum() / max(np.maximum(weights, t).sum(), 1e-6))
+        iou = _shape_iou(shape, weights, area, cx, cy)
         if iou > best[1]:
-            best = (shape, iou, r)
+            best = (shape, iou, math.sqrt(area / unit_area(shape)))
     return best
 
 
-def describe(image: Image.Image | np.ndarray) -> dict[str, str | None]:
-    """The judge's reading of the image: a value (or None) for each of ``ATTRIBUTES``."""
-    arr = _as_array(image)
+@dataclass
+class _Reading:
+    """What :func:`_measure` saw: the labels of :func:`describe` plus the measurements behind them."""
+
+    labels: dict[str, str | None]
+    border_median: np.ndarray
+    object_median: np.ndarray | None = None  # None: nothing far from the background
+    weights: np.ndarray | None = None  # per-pixel object coverage
+    centre: tuple[float, float] | None = None
+    found: bool = False  # a recognisable object (the rule in the module docstring)
+
+
+def _measure(arr: np.ndarray) -> _Reading:
     background, ref = _background(arr)
-    out: dict[str, str | None] = {key: None for key in ATTRIBUTES}
+    border = np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
+    reading = _Reading({key: None for key in ATTRIBUTES}, np.median(border, axis=0))
+    out = reading.labels
     out["background"] = background
     diff = arr - ref
     far = np.linalg.norm(diff, axis=-1) > OBJECT_DIST
     if far.sum() < MIN_AREA:
-        return out
+        return reading
     inner = _erode(far)
     pixels = arr[inner] if inner.sum() >= 8 else arr[far]
     median = np.median(pixels, axis=0)
+    reading.object_median = median
     dists = np.linalg.norm(_COLOUR_RGB - median, axis=1)
     k = int(np.argmin(dists))
     colour = _COLOUR_NAMES[k] if dists[k] < COLOUR_TOL else None
@@ -134,20 +152,80 @@ def describe(image: Image.Image | np.ndarray) -> dict[str, str | None]:
         weights = far.astype(np.float32)
     area = float(weights.sum())
     if area < MIN_AREA:
-        return out
+        return reading
     centres = np.arange(IMAGE_SIZE, dtype=np.float32) + 0.5
     cx = float(weights.sum(axis=0) @ centres / area)
     cy = float(weights.sum(axis=1) @ centres / area)
     shape, iou, radius = _best_shape(weights, area, cx, cy)
     plausible = RADIUS_RANGE[0] <= radius <= RADIUS_RANGE[1]
     if colour is None and (iou < SHAPE_MIN_IOU or not plausible):
-        return out  # no recognisable object (e.g. noise filling the canvas)
+        return reading  # no recognisable object (e.g. noise filling the canvas)
+    reading.found, reading.weights, reading.centre = True, weights, (cx, cy)
     out["colour"] = colour
     out["shape"] = shape if iou >= SHAPE_MIN_IOU else None
     out["position"] = _POS_NAMES[int(np.argmin(np.linalg.norm(_POS_XY - (cx, cy), axis=1)))]
     if plausible:
         out["size"] = "small" if radius < SIZE_THRESHOLD else "large"
-    return out
+    return reading
+
+
+def describe(image: Image.Image | np.ndarray) -> dict[str, str | None]:
+    """The judge's reading of the image: a value (or None) for each of ``ATTRIBUTES``."""
+    return _measure(_as_array(image)).labels
+
+
+def _closeness(distance: float, threshold: float) -> float:
+    """1 at distance 0, 0.5 at the judge's decision threshold, 0 at twice it (linear)."""
+    return float(min(max(1.0 - distance / (2.0 * threshold), 0.0), 1.0))
+
+
+def grade(image: Image.Image | np.ndarray, expected: Mapping[str, object] | ShapeRecipe) -> dict[str, float]:
+    """For each attribute in ``expected``, how close the image comes to it, from 0 to 1.
+
+    A graded companion of :func:`judge` (which says right or wrong): each score is 1 for an exact
+    match, 0.5 at the distance where the judge's decision flips, 0 at twice that distance.
+    Colour and background: RGB distance of the measured median to the asked colour (thresholds
+    ``COLOUR_TOL`` and ``BG_TOL``). Position: centroid distance to the asked anchor (threshold half
+    the distance to the nearest other anchor). Size: ratio of the measured bounding radius to the
+    asked one, on a log scale (threshold: the small/large boundary). Shape: soft IoU with the asked
+    shape's template at the measured centroid and area (itself 0..1). Object attributes score 0
+    when no object is found.
+    """
+    want = _expected(expected)
+    reading = _measure(_as_array(image))
+    scores: dict[str, float] = {}
+    for key, value in want.items():
+        if key == "background":
+            target = np.asarray(BACKGROUNDS[value], dtype=np.float32) if value in BACKGROUNDS else None
+            scores[key] = 0.0 if target is None else _closeness(
+                float(np.linalg.norm(reading.border_median - target)), BG_TOL)
+            continue
+        if not reading.found:
+            scores[key] = 0.0
+        elif key == "colour":
+            scores[key] = 0.0 if value not in COLOURS or reading.object_median is None else _closeness(
+                float(np.linalg.norm(reading.object_median - np.asarray(COLOURS[value], np.float32))), COLOUR_TOL)
+        elif key == "position":
+            if value not in POSITIONS:
+                scores[key] = 0.0
+                continue
+            anchor = np.asarray(POSITIONS[value], dtype=np.float32)
+            others = np.linalg.norm(_POS_XY - anchor, axis=1)
+            threshold = float(others[others > 0].min()) / 2
+            scores[key] = _closeness(float(np.linalg.norm(anchor - reading.centre)), threshold)
+        else:
+            area = float(reading.weights.sum())
+            cx, cy = reading.centre
+            if key == "shape":
+                scores[key] = _shape_iou(value, reading.weights, area, cx, cy) if value in SHAPES else 0.0
+            elif key == "size":
+                _, _, radius = _best_shape(reading.weights, area, cx, cy)
+                if value not in SIZES or radius <= 0:
+                    scores[key] = 0.0
+                else:
+                    threshold = abs(math.log(SIZE_THRESHOLD / SIZES[value]))
+                    scores[key] = _closeness(abs(math.log(radius / SIZES[value])), threshold)
+    return scores
 
 
 def recipe_attributes(recipe: ShapeRecipe) -> dict[str, str]:

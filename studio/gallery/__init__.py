@@ -2,7 +2,7 @@
 with content-addressed media files on disk. UI-free and import-light.
 """
 
-from studio.gallery.models import Base, Generation, PromptHistory
+from studio.gallery.models import Base, Generation, GenerationGroup, PromptHistory
 from studio.gallery.pnginfo import encode_png, read_png_params
 from studio.gallery.query import GalleryQuery
 from studio.gallery.repository import (
@@ -25,6 +25,7 @@ __all__ = [
     "GalleryError",
     "GalleryQuery",
     "Generation",
+    "GenerationGroup",
     "MediaStore",
     "PromptHistory",
     "add_generation",

@@ -85,6 +85,7 @@ class Generation(Base):
     status: Mapped[str] = mapped_column(String(16), default="ok")
     favourite: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    group_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
     def __repr__(self) -> str:
         """Short debugging representation."""
@@ -93,6 +94,26 @@ class Generation(Base):
     def to_dict(self) -> dict[str, Any]:
         """Return all column values as a plain dict (safe after session close)."""
         return {c.key: getattr(self, c.key) for c in self.__table__.columns}
+
+
+class GenerationGroup(Base):
+    """A study saved as one unit (a guidance sweep, a sampler grid): settings and measured
+    summary in ``data``; its images are ordinary generations with ``group_id`` = this id."""
+
+    __tablename__ = "generation_groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    title: Mapped[str] = mapped_column(Text, default="")
+    model_id: Mapped[str] = mapped_column(String(255), default="")
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    def __repr__(self) -> str:
+        """Short debugging representation."""
+        return f"<GenerationGroup id={self.id} {self.kind} {self.status}>"
 
 
 class PromptHistory(Base):

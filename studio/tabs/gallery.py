@@ -15,6 +15,7 @@ from ..gallery import GalleryQuery, read_png_params
 from ..generation import recall_values
 from ..services import Services
 from .generate import GenerateTab
+from .guidance import GuidanceTab
 
 PAGE_SIZE = 24
 ANY = ""
@@ -29,7 +30,8 @@ def make_query(text, model_id, family, media_type, g_min, g_max, date_from, date
     )
 
 
-def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs) -> dict[str, Any]:
+def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
+                      guidance: GuidanceTab | None = None) -> dict[str, Any]:
     gallery = services.gallery
     with gr.Row():
         search = gr.Textbox(label="Search prompts", scale=3, elem_id="gallery-search")
@@ -61,6 +63,8 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs) 
                 recall_btn = gr.Button("↩ Recall into Generate", variant="primary")
                 fav_btn = gr.Button("☆ Favourite")
                 delete_btn = gr.Button("🗑 Delete", variant="stop")
+            open_group_btn = gr.Button("Open its sweep in the Guidance Explorer", visible=False,
+                                       elem_id="gallery-open-sweep")
             detail_status = gr.Markdown("Select an item.")
         with gr.Column(scale=3):
             d_step = gr.Slider(1, 2, value=1, step=1, label="Trajectory step")
@@ -112,10 +116,22 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs) 
     def on_select(ids, evt: gr.SelectData):
         gen_id = ids[evt.index] if evt.index is not None and evt.index < len(ids) else None
         row = gallery.get(gen_id) if gen_id is not None else None
-        return (gen_id, *show(ids, gen_id, row.trajectory_frames if row else 1))
+        in_group = row is not None and row.group_id is not None and gallery.get_group(row.group_id) is not None
+        label = f"Open its sweep #{row.group_id} in the Guidance Explorer" if in_group else ""
+        return (gen_id, *show(ids, gen_id, row.trajectory_frames if row else 1),
+                gr.Button(visible=in_group and guidance is not None, value=label))
 
     detail_outputs = [detail_image, detail_status, detail_params, d_noisy, d_x0, d_step, fav_btn]
-    grid.select(on_select, page_ids, [selected] + detail_outputs, concurrency_limit=None, api_visibility="private")
+    grid.select(on_select, page_ids, [selected] + detail_outputs + [open_group_btn], concurrency_limit=None,
+                api_visibility="private")
+    if guidance is not None:
+        def open_group(gen_id):
+            row = gallery.get(gen_id) if gen_id is not None else None
+            if row is None or row.group_id is None:
+                raise gr.Error("This item is not part of a saved sweep.")
+            return guidance.open_group(row.group_id)
+
+        open_group_btn.click(open_group, selected, guidance.open_outputs, api_visibility="private")
     d_step.input(lambda gid, s: show([], gid, int(s))[3:5], [selected, d_step], [d_noisy, d_x0], queue=False,
                  api_visibility="private")
 

@@ -74,3 +74,42 @@ def test_long_prompt_generates_and_says_which_words_were_cut(client):
     prompt = "a red circle " + " ".join(f"filler{i}" for i in range(100)) + " lastword"
     status = client.predict("local/tiny-sd", prompt, "", 2, 7.5, 1, 16, 16, "ddim", 1, api_name="/generate")[0]
     assert status.startswith("Done") and "were cut" in status and "lastword" in status
+
+
+SWEEP = ("local/tiny-sd", "a red circle on a white background", "", "1, 4", "0", 2, "ddim", 0, 0, 100, True)
+
+
+def test_guidance_sweep_through_the_api_is_one_saved_group_that_reopens(client, studio):
+    status, grid, *rest = client.predict(*SWEEP, api_name="/guidance_sweep")
+    assert status.startswith("Done: 2 cells") and len(grid) == 2
+    group_id = int(status.split("sweep #")[1].split()[0].rstrip("."))
+    gallery = Gallery.open(studio.gallery_dir)
+    try:
+        members = gallery.group_members(group_id)
+        assert [(m.guidance, m.seed, m.steps) for m in members] == [(1.0, 0, 2), (4.0, 0, 2)]
+        assert gallery.get_group(group_id).status == "done"
+    finally:
+        gallery.close()
+    reopened = client.predict(group_id, api_name="/guidance_open")
+    assert reopened[0].startswith(f"Reopened guidance sweep #{group_id} (done): 2 cells")
+    assert len(reopened[1]["value"]) == 2 and reopened[1]["columns"] == 2
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({3: ""}, "Give at least one scale"),
+    ({3: "1, strong"}, "'strong' is not a number"),
+    ({3: "1,2,3,4,5,6,7,8,9", 4: "0,1,2,3,4,5,6,7"}, "72 cells; a sweep holds at most 64 cells"),
+    ({0: "local/tiny-lcm"}, "no classifier-free guidance"),
+])
+def test_bad_sweeps_are_refused_with_the_reason_and_save_nothing(client, studio, changes, message):
+    args = list(SWEEP)
+    for k, v in changes.items():
+        args[k] = v
+    gallery = Gallery.open(studio.gallery_dir)
+    try:
+        before, groups = gallery.count(), len(gallery.groups())
+        with pytest.raises(Exception, match=message):
+            client.predict(*args, api_name="/guidance_sweep")
+        assert gallery.count() == before and len(gallery.groups()) == groups
+    finally:
+        gallery.close()

@@ -49,3 +49,35 @@ def test_generate_in_the_browser_then_find_it_in_the_gallery_after_reload(studio
     page.reload()
     assert _gallery_count(page) == after
     assert "a yellow star in the top left" in page.locator("#gallery-grid").inner_text()
+
+
+def test_a_small_guidance_sweep_in_the_browser_shows_the_grid_and_the_plots(studio, page):
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Guidance Explorer").click()
+    model = page.locator("#guidance-model input")
+    model.fill("local/tiny-sd")
+    model.press("Enter")
+    page.locator("#guidance-prompt textarea").fill("a red circle on a white background")
+    page.locator("#guidance-scales textarea").fill("1, 4")
+    page.locator("#guidance-seeds textarea").fill("0")
+    steps = page.locator("#guidance-steps input[type=number]")
+    steps.fill("2")
+    steps.press("Enter")
+    page.click("#guidance-run")
+    page.wait_for_function("document.querySelector('#guidance-status').innerText.includes('Done')", timeout=90_000)
+    status = page.locator("#guidance-status").inner_text()
+    assert "2 cells" in status, status
+    assert page.locator("#guidance-grid img").count() == 2
+    # the CLIP-score curve is drawn (Vega renders the marks into a canvas or an svg)
+    plot = page.locator("#guidance-plot-clip_score")
+    plot.locator("canvas, svg").first.wait_for(timeout=30_000)
+    assert "CLIP score" in plot.inner_text()
+    table = page.locator("#guidance-table")
+    assert "clip_score" in table.inner_text()
+    # the sweep is one group in the gallery: an item opens it again in the Guidance Explorer
+    page.get_by_role("tab", name="Gallery").click()
+    page.locator("#gallery-grid img").first.click()  # newest first: a cell of this sweep
+    page.get_by_text("Open its sweep #").click()
+    page.wait_for_function("document.querySelector('#guidance-status').innerText.includes('Reopened')",
+                           timeout=30_000)
+    assert page.locator("#guidance-grid img").count() == 2
