@@ -267,7 +267,15 @@ def metric_frame(points: Sequence[dict[str, Any]], metric: str, x: str = "scale"
     """Long frame (x, value, series) for one metric, rows without a value left out."""
     rows = [{x: p[x], "value": p[metric], "series": p[series] or MODEL_DEFAULT} for p in points
             if p.get(metric) is not None and not (isinstance(p[metric], float) and math.isnan(p[metric]))]
-    return pd.DataFrame(rows, columns=[x, "value", "series"])
+    return plot_frame(rows, x)
+
+
+def plot_frame(rows: Sequence[dict[str, Any]], x: str) -> pd.DataFrame:
+    """Rows -> (x, value, series) with fixed dtypes, also when empty: the plot's encoding (numeric
+    axes, a categorical colour) is read from the dtypes, so an empty first value must not turn
+    the axes categorical."""
+    frame = pd.DataFrame(list(rows), columns=[x, "value", "series"])
+    return frame.astype({x: "float64", "value": "float64", "series": "object"})
 
 
 def adherence_frame(points: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -277,7 +285,7 @@ def adherence_frame(points: Sequence[dict[str, Any]]) -> pd.DataFrame:
         for p in points:
             if p.get(metric) is not None:
                 rows.append({"scale": p["scale"], "value": p[metric], "series": f"{p['variant']} · {metric}"})
-    return pd.DataFrame(rows, columns=["scale", "value", "series"])
+    return plot_frame(rows, "scale")
 
 
 def sampler_points(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from pipelines.streaming import Finished, iterate_steps
 from ..services import Services
 from ..sweeps import (KINDS, METRIC_TITLES, MODEL_DEFAULT, SAMPLER_KIND, SWEEP_KIND, adherence_frame,
                       build_sampler_spec, build_sweep_spec, cell_caption, cells_table, decomposition_frames,
-                      export_files, group_data, load_group, metric_frame, points_as_dicts, sampler_points,
+                      export_files, group_data, load_group, metric_frame, plot_frame, points_as_dicts, sampler_points,
                       save_cell, start_group)
 from .generate import model_choices, model_defaults
 
@@ -65,19 +65,25 @@ class GuidanceTab:
 
 
 def _plot(metric: str, x: str, elem_id: str, x_title: str) -> gr.LinePlot:
-    return gr.LinePlot(pd.DataFrame({x: [], "value": [], "series": []}), x=x, y="value", color="series",
+    # starts empty (None): Gradio 6 draws no lines for a colour series whose first value was an empty frame
+    return gr.LinePlot(None, x=x, y="value", color="series",
                        title=METRIC_TITLES[metric], x_title=x_title, y_title=metric.replace("_", " "),
                        tooltip="all", height=240, elem_id=elem_id,
                        label=METRIC_TITLES[metric] + " · drag across points to see their images")
 
 
-def _sweep_plot_values(points: list[dict]) -> list[pd.DataFrame]:
-    return [adherence_frame(points) if m == "adherence" else metric_frame(points, m) for m in SWEEP_PLOTS]
+def _or_none(frame: pd.DataFrame) -> Optional[pd.DataFrame]:
+    """An empty plot is None (see :func:`_plot`)."""
+    return frame if len(frame) else None
 
 
-def _sampler_plot_values(records: list[dict]) -> list[pd.DataFrame]:
+def _sweep_plot_values(points: list[dict]) -> list[Optional[pd.DataFrame]]:
+    return [_or_none(adherence_frame(points) if m == "adherence" else metric_frame(points, m)) for m in SWEEP_PLOTS]
+
+
+def _sampler_plot_values(records: list[dict]) -> list[Optional[pd.DataFrame]]:
     pts = sampler_points(records)
-    return [metric_frame(pts, m, x="steps", series="scheduler") for m in SAMPLER_PLOTS]
+    return [_or_none(metric_frame(pts, m, x="steps", series="scheduler")) for m in SAMPLER_PLOTS]
 
 
 def _grid_items(study: dict) -> list[tuple[Any, str]]:
@@ -163,7 +169,7 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
             d_x0 = [gr.Image(label=label, type="pil", height=150, interactive=False, elem_classes=["pixel-view"],
                                format="png")
                     for label in ("x0 from ε_u", "x0 from ε_c", "x0 from ε̃ (guided)")]
-        d_norm = gr.LinePlot(pd.DataFrame({"step": [], "value": [], "series": []}), x="step", y="value",
+        d_norm = gr.LinePlot(None, x="step", y="value",
                              color="series", title="How hard the prompt pulls: RMS of (ε_c − ε_u) per step",
                              height=220, elem_id="guidance-delta-norm")
     d_frames = gr.State(None)
@@ -271,8 +277,13 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
                    *[gr.skip()] * (len(sweep_outputs) - 1)]
             return
         except ValueError as exc:
-            services.gallery.update_group(group_id, status="failed")
+            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, summarise(cells) if cells else []),
+                                          status="failed")
             raise gr.Error(str(exc)) from None
+        except Exception:
+            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, summarise(cells) if cells else []),
+                                          status="failed")
+            raise
         finally:
             services.jobs.finish(key, flag)
         services.gallery.update_group(group_id, data=group_data(spec, cells, ids, summarise(cells)), status="done")
@@ -367,8 +378,8 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
         except (ValueError, RuntimeError) as exc:
             raise gr.Error(str(exc)) from None
         frames = decomposition_frames(m, steps_list)
-        norms = pd.DataFrame({"step": list(range(1, len(frames.delta_norms) + 1)), "value": frames.delta_norms,
-                              "series": ["RMS(ε_c − ε_u)"] * len(frames.delta_norms)})
+        norms = plot_frame([{"step": k + 1, "value": v, "series": "RMS(ε_c − ε_u)"}
+                            for k, v in enumerate(frames.delta_norms)], "step")
         last = len(frames.captions)
         return (frames, gr.Slider(maximum=max(last, 2), value=last), norms, *_decomp_step(frames, last))
 
@@ -436,8 +447,11 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
                    *[gr.skip()] * (len(s_outputs) - 1)]
             return
         except ValueError as exc:
-            services.gallery.update_group(group_id, status="failed")
+            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, []), status="failed")
             raise gr.Error(str(exc)) from None
+        except Exception:
+            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, []), status="failed")
+            raise
         finally:
             services.jobs.finish(key, flag)
         services.gallery.update_group(group_id, data=group_data(spec, cells, ids, []), status="done")
