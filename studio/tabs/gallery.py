@@ -139,9 +139,19 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
         row = gallery.get(gen_id) if gen_id is not None else None
         if row is None:
             raise gr.Error("Select a gallery item to recall.")
+        p = row.params or {}
+        options = []
+        if p.get("guidance_rescale"):
+            options.append(f"guidance rescale {p['guidance_rescale']:g}")
+        if p.get("guidance_interval"):
+            lo, hi = p["guidance_interval"]
+            options.append(f"guidance only from {lo * 100:g}% to {hi * 100:g}% of the steps")
+        if options:
+            gr.Warning(f"This image was made with {' and '.join(options)}, which the Generate tab does not offer: "
+                       "Generate will run plain guidance. The Guidance Explorer runs these options.")
         return (*recall_values(row), gr.Tabs(selected="generate"))
 
-    recall_btn.click(recall, selected, generate.recall_outputs() + [tabs], queue=False, api_name="recall")
+    recall_btn.click(recall, selected, generate.recall_outputs() + [tabs], concurrency_limit=None, api_name="recall")
 
     def toggle_favourite(gen_id):
         row = gallery.get(gen_id) if gen_id is not None else None

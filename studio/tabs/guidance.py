@@ -68,7 +68,7 @@ def _plot(metric: str, x: str, elem_id: str, x_title: str) -> gr.LinePlot:
     # starts empty (None): Gradio 6 draws no lines for a colour series whose first value was an empty frame
     return gr.LinePlot(None, x=x, y="value", color="series",
                        title=METRIC_TITLES[metric], x_title=x_title, y_title=metric.replace("_", " "),
-                       tooltip="all", height=240, elem_id=elem_id,
+                       tooltip="all", height=280, elem_id=elem_id,
                        label=METRIC_TITLES[metric] + " · drag across points to see their images")
 
 
@@ -89,6 +89,19 @@ def _sampler_plot_values(records: list[dict]) -> list[Optional[pd.DataFrame]]:
 def _grid_items(study: dict) -> list[tuple[Any, str]]:
     return [(img, cell_caption(m, study["kind"])) for img, m in zip(study["images"], study["records"])
             if img is not None]
+
+
+def _stream(make_cells: Callable[[Callable], Iterator], flag) -> Iterator[tuple]:
+    """Run ``make_cells(on_step)`` in a worker thread; yield ``("step", cell_index, event)`` and
+    ``("cell", cell)`` as they happen (errors and cancellation re-raised here)."""
+    def work(emit):
+        for cell in make_cells(lambda i, e: emit(("step", i, e))):
+            emit(("cell", cell))
+
+    for item in iterate_steps(work, flag):
+        if isinstance(item, Finished):
+            return
+        yield item
 
 
 def _new_study(kind: str, spec: Any, group_id: Optional[int]) -> dict:
@@ -239,17 +252,14 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
         key = request.session_hash if request is not None else "api"
         flag = services.jobs.start(key)
 
-        def work(emit):
-            for cell in run_sweep(m, spec.prompt, spec.scales, spec.seeds, negative_prompt=spec.negative_prompt,
-                                  steps=spec.steps, scheduler=spec.scheduler, scorer=clip, variants=spec.variants,
-                                  cancel=flag, on_step=lambda i, e: emit(("step", i, e))):
-                emit(("cell", cell))
+        def sweep_cells(on_step):
+            return run_sweep(m, spec.prompt, spec.scales, spec.seeds, negative_prompt=spec.negative_prompt,
+                             steps=spec.steps, scheduler=spec.scheduler, scorer=clip, variants=spec.variants,
+                             cancel=flag, on_step=on_step)
 
         started, last = time.perf_counter(), 0.0
         try:
-            for item in iterate_steps(work, flag):
-                if isinstance(item, Finished):
-                    break
+            for item in _stream(sweep_cells, flag):
                 if item[0] == "step":
                     _, i, event = item
                     done = i * per + event.step + 1
@@ -417,17 +427,14 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
         yield [f"Cell 1 of {n} ...", gr.Gallery(value=[], columns=len(spec.step_counts)),
                *_sampler_plot_values([]), cells_table([]), state]
 
-        def work(emit):
-            for cell in run_sampler_grid(m, spec.prompt, spec.seed, spec.schedulers, spec.step_counts,
-                                         guidance_scale=spec.guidance, negative_prompt=spec.negative_prompt,
-                                         scorer=clip, cancel=flag, on_step=lambda i, e: emit(("step", i, e))):
-                emit(("cell", cell))
+        def grid_cells(on_step):
+            return run_sampler_grid(m, spec.prompt, spec.seed, spec.schedulers, spec.step_counts,
+                                    guidance_scale=spec.guidance, negative_prompt=spec.negative_prompt, scorer=clip,
+                                    cancel=flag, on_step=on_step)
 
         cells, ids, done_steps = [], [], 0
         try:
-            for item in iterate_steps(work, flag):
-                if isinstance(item, Finished):
-                    break
+            for item in _stream(grid_cells, flag):
                 if item[0] == "step":
                     _, i, event = item
                     progress((done_steps + event.step + 1, total_steps),
