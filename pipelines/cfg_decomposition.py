@@ -93,6 +93,6 @@ def decompose(model: Any, req: ImageRequest) -> tuple[Any, list[CFGStep]]:
         # x0 maths needs the scheduler's state at this step: flow/VE sigmas come from the timestep
         x0 = [predict_x0(scheduler, e[:1], timestep, sample[:1])[0] for e in (uncond, cond, guided)]
         w = req.guidance_scale if first <= i < end else 1.0
-        steps.append(CFGStep(step=i, timestep=timestep, scale=w, sample=sample[0], eps_uncond=uncond[0], eps_cond=cond[0],
-                             eps_guided=guided[0], x0_uncond=x0[0], x0_cond=x0[1], x0_guided=x0[2]))
+        steps.append(CFGStep(step=i, timestep=timestep, scale=w, sample=sample[0], eps_uncond=uncond[0],
+                             eps_cond=cond[0], eps_guided=guided[0], x0_uncond=x0[0], x0_cond=x0[1], x0_guided=x0[2]))
     return result, steps

@@ -274,8 +274,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[ScalePoint]:
     from pipelines.families import ModelCache
     from pipelines.registry import ModelLoadError, ModelRegistry
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines.guidance_sweep",
-                                     description="Guidance sweep with measured curves (the Guidance Explorer's engine).")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.guidance_sweep",
+        description="Guidance sweep with measured curves (the Guidance Explorer's engine).")
     parser.add_argument("--model", default="builtin/shapes-ldm")
     parser.add_argument("--prompt", default="a red triangle on a white background")
     parser.add_argument("--negative-prompt", default="")

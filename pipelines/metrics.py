@@ -57,28 +57,26 @@ def diversity(embeddings: torch.Tensor) -> float:
     return float(1.0 - off_diagonal / (n * (n - 1)))
 
 
-def shapes_adherence(image: Image.Image | np.ndarray, prompt: str) -> float | None:
-    """Share of the attributes ``prompt`` names that the Shapes judge sees (None: not a Shapes prompt)."""
-    from pipelines.judges.shapes import judge
+def _shapes_mean(image: Image.Image | np.ndarray, prompt: str, reading: str) -> float | None:
+    """Mean of the Shapes judge's ``judge`` (right/wrong) or ``grade`` (0..1) over the prompt's attributes."""
+    from pipelines.judges import shapes as judge_module
     from pipelines.worlds.shapes import parse_prompt
 
     wanted = parse_prompt(prompt)
     if not wanted:
         return None
-    verdict = judge(image, wanted)
-    return sum(verdict.values()) / len(verdict)
+    scores = getattr(judge_module, reading)(image, wanted)
+    return sum(scores.values()) / len(scores)
+
+
+def shapes_adherence(image: Image.Image | np.ndarray, prompt: str) -> float | None:
+    """Share of the attributes ``prompt`` names that the Shapes judge sees (None: not a Shapes prompt)."""
+    return _shapes_mean(image, prompt, "judge")
 
 
 def shapes_fidelity(image: Image.Image | np.ndarray, prompt: str) -> float | None:
     """Mean graded closeness to the attributes ``prompt`` names (None: not a Shapes prompt)."""
-    from pipelines.judges.shapes import grade
-    from pipelines.worlds.shapes import parse_prompt
-
-    wanted = parse_prompt(prompt)
-    if not wanted:
-        return None
-    scores = grade(image, wanted)
-    return sum(scores.values()) / len(scores)
+    return _shapes_mean(image, prompt, "grade")
 
 
 class ClipScorer:

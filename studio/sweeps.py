@@ -80,7 +80,8 @@ def _scheduler(value: Any) -> Optional[str]:
     return str(value)
 
 
-def guidance_variants(rescale: Any, interval_start: Any, interval_end: Any, compare_plain: Any) -> list[GuidanceVariant]:
+def guidance_variants(rescale: Any, interval_start: Any, interval_end: Any,
+                      compare_plain: Any) -> list[GuidanceVariant]:
     """The sweep's series: plain CFG, and/or CFG with rescale and/or an interval (given in percent)."""
     r = number(rescale if rescale not in (None, "") else 0, "Guidance rescale")
     lo = number(interval_start if interval_start not in (None, "") else 0, "Interval start")
@@ -263,7 +264,8 @@ def cells_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return frame.round({"adherence": 3, "fidelity": 3, "clip_score": 4, "colourfulness": 1, "seconds": 3})
 
 
-def metric_frame(points: Sequence[dict[str, Any]], metric: str, x: str = "scale", series: str = "variant") -> pd.DataFrame:
+def metric_frame(points: Sequence[dict[str, Any]], metric: str, x: str = "scale",
+                 series: str = "variant") -> pd.DataFrame:
     """Long frame (x, value, series) for one metric, rows without a value left out."""
     rows = [{x: p[x], "value": p[metric], "series": p[series] or MODEL_DEFAULT} for p in points
             if p.get(metric) is not None and not (isinstance(p[metric], float) and math.isnan(p[metric]))]

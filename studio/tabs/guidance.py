@@ -2,57 +2,32 @@
 decomposition of one cell, a sampler x steps comparison, and saved sweeps reopened from the gallery."""
 from __future__ import annotations
 
-import functools
 import logging
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import gradio as gr
-import pandas as pd
 
-from pipelines.cfg_decomposition import decompose
 from pipelines.events import GenerationCancelled
-from pipelines.guidance_sweep import (DEFAULT_SCALES, DEFAULT_SEEDS, DEFAULT_STEP_COUNTS, run_sampler_grid,
-                                      run_sweep, summarise)
-from pipelines.metrics import BUILTIN_CLIP_DIR, ClipScorer
+from pipelines.guidance_sweep import DEFAULT_SCALES, DEFAULT_SEEDS, run_sweep, summarise
 from pipelines.model_files import guidance_note
 from pipelines.registry import ModelLoadError
-from pipelines.requests import ImageRequest
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
-from pipelines.streaming import Finished, iterate_steps
 
 from ..services import Services
-from ..sweeps import (KINDS, METRIC_TITLES, MODEL_DEFAULT, SAMPLER_KIND, SWEEP_KIND, adherence_frame,
-                      build_sampler_spec, build_sweep_spec, cell_caption, cells_table, decomposition_frames,
-                      export_files, group_data, load_group, metric_frame, plot_frame, points_as_dicts, sampler_points,
-                      save_cell, start_group)
+from ..sweeps import (KINDS, MODEL_DEFAULT, SAMPLER_KIND, SWEEP_KIND, build_sweep_spec, cell_caption, cells_table,
+                      export_files, group_data, load_group, points_as_dicts, save_cell, start_group)
+from .cfg_view import build_decomposition
 from .generate import model_choices, model_defaults
+from .sampler_view import build_sampler_comparison
+from .studies import (SWEEP_PLOTS, grid_items, load_guided_model, metric_plot, new_study, scorer, stream_cells,
+                      sweep_plot_values)
 
 log = logging.getLogger(__name__)
 STATUS_EVERY_S = 0.25  # step-progress text at most this often (cells always update at once)
-SWEEP_PLOTS = ("adherence", "clip_score", "diversity", "colourfulness")
-SAMPLER_PLOTS = ("fidelity", "clip_score", "seconds")
-
-
-@functools.lru_cache(maxsize=1)
-def _builtin_scorer() -> Optional[ClipScorer]:
-    """The shipped mini-CLIP for CLIP scores (None when its folder is missing)."""
-    if not (BUILTIN_CLIP_DIR / "open_clip_config.json").is_file():
-        log.warning("No builtin CLIP at %s: sweeps run without CLIP score and diversity", BUILTIN_CLIP_DIR)
-        return None
-    return ClipScorer.builtin()
-
-
-_scorer_lock = threading.Lock()
-
-
-def scorer() -> Optional[ClipScorer]:
-    with _scorer_lock:
-        return _builtin_scorer()
 
 
 @dataclass
@@ -62,52 +37,6 @@ class GuidanceTab:
     saved: gr.Dropdown
     saved_choices: Callable  # -> an update of ``saved``
     finished: list  # the events after which new images are in the gallery
-
-
-def _plot(metric: str, x: str, elem_id: str, x_title: str) -> gr.LinePlot:
-    # starts empty (None): Gradio 6 draws no lines for a colour series whose first value was an empty frame
-    return gr.LinePlot(None, x=x, y="value", color="series",
-                       title=METRIC_TITLES[metric], x_title=x_title, y_title=metric.replace("_", " "),
-                       tooltip="all", height=280, elem_id=elem_id,
-                       label=METRIC_TITLES[metric] + " · drag across points to see their images")
-
-
-def _or_none(frame: pd.DataFrame) -> Optional[pd.DataFrame]:
-    """An empty plot is None (see :func:`_plot`)."""
-    return frame if len(frame) else None
-
-
-def _sweep_plot_values(points: list[dict]) -> list[Optional[pd.DataFrame]]:
-    return [_or_none(adherence_frame(points) if m == "adherence" else metric_frame(points, m)) for m in SWEEP_PLOTS]
-
-
-def _sampler_plot_values(records: list[dict]) -> list[Optional[pd.DataFrame]]:
-    pts = sampler_points(records)
-    return [_or_none(metric_frame(pts, m, x="steps", series="scheduler")) for m in SAMPLER_PLOTS]
-
-
-def _grid_items(study: dict) -> list[tuple[Any, str]]:
-    return [(img, cell_caption(m, study["kind"])) for img, m in zip(study["images"], study["records"])
-            if img is not None]
-
-
-def _stream(make_cells: Callable[[Callable], Iterator], flag) -> Iterator[tuple]:
-    """Run ``make_cells(on_step)`` in a worker thread; yield ``("step", cell_index, event)`` and
-    ``("cell", cell)`` as they happen (errors and cancellation re-raised here)."""
-    def work(emit):
-        for cell in make_cells(lambda i, e: emit(("step", i, e))):
-            emit(("cell", cell))
-
-    for item in iterate_steps(work, flag):
-        if isinstance(item, Finished):
-            return
-        yield item
-
-
-def _new_study(kind: str, spec: Any, group_id: Optional[int]) -> dict:
-    return {"kind": kind, "group_id": group_id, "prompt": spec.prompt, "model_id": spec.model_id,
-            "rows": spec.row_labels(), "columns": spec.column_labels(), "records": [], "images": [],
-            "points": [], "settings": spec.settings()}
 
 
 def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
@@ -148,9 +77,9 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
                       columns=len(DEFAULT_SCALES), height=360, object_fit="contain", allow_preview=False,
                       elem_id="guidance-grid", interactive=False, format="png")
     with gr.Row():
-        plots = [_plot(m, "scale", f"guidance-plot-{m}", "guidance scale w") for m in SWEEP_PLOTS[:2]]
+        plots = [metric_plot(m, "scale", f"guidance-plot-{m}", "guidance scale w") for m in SWEEP_PLOTS[:2]]
     with gr.Row():
-        plots += [_plot(m, "scale", f"guidance-plot-{m}", "guidance scale w") for m in SWEEP_PLOTS[2:]]
+        plots += [metric_plot(m, "scale", f"guidance-plot-{m}", "guidance scale w") for m in SWEEP_PLOTS[2:]]
     with gr.Row():
         picked = gr.Gallery(label="Images of the selected points", columns=8, height=160, object_fit="contain",
                             allow_preview=False, elem_id="guidance-picked", interactive=False)
@@ -163,74 +92,18 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
         export_files_out = gr.File(label="Exports", file_count="multiple", interactive=False)
     study = gr.State(None)
 
-    with gr.Accordion("CFG decomposition of one cell: ε̃ = ε_u + w · (ε_c − ε_u), step by step", open=False):
-        with gr.Row():
-            d_seed = gr.Number(value=0, label="Seed", precision=0)
-            d_scale = gr.Number(value=7.5, label="Guidance scale w (> 1)")
-            d_run = gr.Button("Decompose", variant="primary", elem_id="guidance-decompose")
-        d_step = gr.Slider(1, 2, value=1, step=1, label="Step")
-        d_caption = gr.Markdown("Pick a cell (click it in the grid) and press Decompose.",
-                                elem_id="guidance-decomp-caption")
-        gr.Markdown("Noise predictions per latent channel (blue < 0 < red, one colour scale per step):")
-        with gr.Row():
-            d_maps = [gr.Image(label=label, type="pil", height=150, interactive=False, elem_classes=["pixel-view"],
-                               format="png")
-                      for label in ("ε_u (unconditional)", "ε_c (conditional)", "w · (ε_c − ε_u)",
-                                    "ε̃ (what the scheduler received)")]
-        gr.Markdown("The clean image each prediction implies at this step (x0 estimate, decoded):")
-        with gr.Row():
-            d_x0 = [gr.Image(label=label, type="pil", height=150, interactive=False, elem_classes=["pixel-view"],
-                               format="png")
-                    for label in ("x0 from ε_u", "x0 from ε_c", "x0 from ε̃ (guided)")]
-        d_norm = gr.LinePlot(None, x="step", y="value",
-                             color="series", title="How hard the prompt pulls: RMS of (ε_c − ε_u) per step",
-                             height=220, elem_id="guidance-delta-norm")
-    d_frames = gr.State(None)
-
-    with gr.Accordion("Sampler and step comparison: same prompt and seed, schedulers x step counts", open=False):
-        with gr.Row():
-            s_schedulers = gr.CheckboxGroup([(c.label, c.name) for c in SCHEDULERS.values()],
-                                            value=["ddim", "euler", "dpmpp_2m", "unipc"], label="Schedulers")
-            s_steps = gr.Textbox(label="Step counts", value=", ".join(map(str, DEFAULT_STEP_COUNTS)))
-            s_seed = gr.Number(value=0, label="Seed", precision=0)
-            s_guidance = gr.Number(value=defaults["guidance_scale"], label="Guidance scale")
-        s_run = gr.Button("Run comparison", variant="primary", elem_id="sampler-run")
-        s_status = gr.Markdown("", elem_id="sampler-status")
-        s_grid = gr.Gallery(label="Rows = schedulers, columns = step counts", columns=len(DEFAULT_STEP_COUNTS),
-                            height=320, object_fit="contain", allow_preview=False, elem_id="sampler-grid",
-                            interactive=False, format="png")
-        with gr.Row():
-            s_plots = [_plot(m, "steps", f"sampler-plot-{m}", "steps") for m in SAMPLER_PLOTS]
-        s_table = gr.Dataframe(label="Every cell", interactive=False, wrap=True)
-    s_study = gr.State(None)
-
-    with gr.Accordion("Saved sweeps (reopen one with its grid and plots)", open=False):
-        with gr.Row():
-            saved = gr.Dropdown([], label="Saved sweeps and comparisons", scale=4, elem_id="guidance-saved",
-                                allow_custom_value=True)
-            saved_refresh = gr.Button("↻", size="sm", scale=0)
-            saved_open = gr.Button("Open", scale=1, elem_id="guidance-open")
-
     concurrency = dict(concurrency_limit=1, concurrency_id=f"model-{services.device.device}")
 
     # -- the sweep --------------------------------------------------------------------------------
-    def load(model_id: str):
-        entry_note = None
-        try:
-            entry_note = guidance_note(services.registry.get(model_id).path)
-        except ModelLoadError:
-            pass
-        if entry_note:
-            raise gr.Error(entry_note)
-        try:
-            m = services.models.get(model_id)
-        except ModelLoadError as exc:
-            raise gr.Error(str(exc)) from None
-        if not getattr(m, "supports_guidance", False):
-            raise gr.Error(f"Model `{model_id}` has no classifier-free guidance to explore.")
-        return m
-
     sweep_outputs = [status, grid, *plots, table, study, picked, picked_info]
+
+    def sweep_values(info: str, state: dict, picked_reset: bool = False) -> list:
+        """``sweep_outputs`` showing a sweep (live, finished or reopened); a new grid (``picked_reset``,
+        a first frame or a reopened sweep) also sets the grid's number of columns."""
+        items = grid_items(state)
+        return [info, gr.Gallery(value=items, columns=max(len(state["columns"]), 1)) if picked_reset else items,
+                *sweep_plot_values(state["points"]), cells_table(state["records"]), state,
+                *(([], "") if picked_reset else (gr.skip(), gr.skip()))]
 
     def sweep_fn(model_id, prompt_v, negative_v, scales_v, seeds_v, steps_v, sched_v, rescale_v, lo_v, hi_v,
                  plain_v, request: gr.Request, progress=gr.Progress()) -> Iterator[list]:
@@ -240,15 +113,13 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         yield [f"Loading model `{spec.model_id}` ...", *[gr.skip()] * (len(sweep_outputs) - 1)]
-        m = load(spec.model_id)
+        m = load_guided_model(services, spec.model_id)
         clip = scorer()
         group_id = start_group(services.gallery, SWEEP_KIND, spec)
-        state = _new_study(SWEEP_KIND, spec, group_id)
+        state = new_study(SWEEP_KIND, spec, group_id)
         cells, ids = [], []
         n, per = spec.num_cells, spec.steps
-        grid_update = gr.Gallery(value=[], columns=len(spec.scales))
-        yield [f"Cell 1 of {n}, step 0 of {per} ...", grid_update, *_sweep_plot_values([]), cells_table([]), state,
-               [], ""]
+        yield sweep_values(f"Cell 1 of {n}, step 0 of {per} ...", state, picked_reset=True)
         key = request.session_hash if request is not None else "api"
         flag = services.jobs.start(key)
 
@@ -257,9 +128,13 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
                              steps=spec.steps, scheduler=spec.scheduler, scorer=clip, variants=spec.variants,
                              cancel=flag, on_step=on_step)
 
+        def end_group(status: str) -> None:
+            points = summarise(cells) if cells else []
+            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, points), status=status)
+
         started, last = time.perf_counter(), 0.0
         try:
-            for item in _stream(sweep_cells, flag):
+            for item in stream_cells(sweep_cells, flag):
                 if item[0] == "step":
                     _, i, event = item
                     done = i * per + event.step + 1
@@ -273,35 +148,28 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
                 cell = item[1]
                 cells.append(cell)
                 ids.append(save_cell(services.gallery, cell, group_id))
-                points = points_as_dicts(summarise(cells))
                 record = cell.metrics() | {"gallery_id": ids[-1]}
                 state["records"].append(record)
                 state["images"].append(cell.image)
-                state["points"] = points
-                yield [f"Cell {len(cells)} of {n} done ({cell_caption(record)})", _grid_items(state),
-                       *_sweep_plot_values(points), cells_table(state["records"]), state, gr.skip(), gr.skip()]
+                state["points"] = points_as_dicts(summarise(cells))
+                yield sweep_values(f"Cell {len(cells)} of {n} done ({cell_caption(record)})", state)
         except GenerationCancelled:
-            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, summarise(cells) if cells else []),
-                                          status="cancelled")
+            end_group("cancelled")
             yield [f"Cancelled after {len(cells)} of {n} cells; the finished cells are saved as sweep #{group_id}.",
                    *[gr.skip()] * (len(sweep_outputs) - 1)]
             return
-        except ValueError as exc:
-            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, summarise(cells) if cells else []),
-                                          status="failed")
-            raise gr.Error(str(exc)) from None
-        except Exception:
-            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, summarise(cells) if cells else []),
-                                          status="failed")
+        except Exception as exc:
+            end_group("failed")
+            if isinstance(exc, ValueError):
+                raise gr.Error(str(exc)) from None
             raise
         finally:
             services.jobs.finish(key, flag)
-        services.gallery.update_group(group_id, data=group_data(spec, cells, ids, summarise(cells)), status="done")
+        end_group("done")
         elapsed = time.perf_counter() - started
         note = "" if clip is not None else " (no builtin CLIP found: no CLIP score or diversity)"
-        yield [f"Done: {n} cells in {elapsed:.1f} s, saved to the gallery as sweep #{group_id}{note}.",
-               _grid_items(state), *_sweep_plot_values(state["points"]), cells_table(state["records"]), state,
-               gr.skip(), gr.skip()]
+        yield sweep_values(f"Done: {n} cells in {elapsed:.1f} s, saved to the gallery as sweep #{group_id}{note}.",
+                           state)
 
     sweep_inputs = [model, prompt, negative, scales, seeds, steps, scheduler, rescale, interval_start, interval_end,
                     compare_plain]
@@ -342,9 +210,8 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
         k = present[evt.index]
         record = st["records"][k]
         items, info = _show_cells(st, [k], "selected")
-        return record["seed"], record["scale"], items, f"{info} {cell_caption(record)} · gallery #{record.get('gallery_id')}"
-
-    grid.select(on_grid_select, study, [d_seed, d_scale, picked, picked_info], queue=False, api_visibility="private")
+        caption = f"{info} {cell_caption(record)} · gallery #{record.get('gallery_id')}"
+        return record["seed"], record["scale"], items, caption
 
     def on_table_select(st, evt: gr.SelectData):
         if not st or evt.index is None:
@@ -355,9 +222,6 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
         record = st["records"][row]
         items, info = _show_cells(st, [row], "selected")
         return record["seed"], record["scale"], items, f"{info} {cell_caption(record)}"
-
-    table.select(on_table_select, study, [d_seed, d_scale, picked, picked_info], queue=False,
-                 api_visibility="private")
 
     def export_fn(st):
         if not st or not st["records"]:
@@ -370,103 +234,21 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
 
     export.click(export_fn, study, export_files_out, api_name="guidance_export", concurrency_limit=None)
 
-    # -- the decomposition ---------------------------------------------------------------------------
-    def decompose_fn(model_id, prompt_v, negative_v, steps_v, sched_v, rescale_v, lo_v, hi_v, plain_v, seed_v,
-                     scale_v):
-        try:
-            spec = build_sweep_spec(model_id, prompt_v, negative_v, str(scale_v), str(int(seed_v or 0)), steps_v,
-                                    sched_v, rescale_v, lo_v, hi_v, False)
-        except (ValueError, TypeError) as exc:
-            raise gr.Error(str(exc)) from None
-        m = load(spec.model_id)
-        variant = spec.variants[0]
-        req = ImageRequest(spec.prompt, spec.negative_prompt, spec.steps, spec.scales[0], spec.seeds[0],
-                           scheduler=spec.scheduler, capture_trajectory=False,
-                           guidance_rescale=variant.guidance_rescale, guidance_interval=variant.guidance_interval)
-        try:
-            _, steps_list = decompose(m, req)
-        except (ValueError, RuntimeError) as exc:
-            raise gr.Error(str(exc)) from None
-        frames = decomposition_frames(m, steps_list)
-        norms = plot_frame([{"step": k + 1, "value": v, "series": "RMS(ε_c − ε_u)"}
-                            for k, v in enumerate(frames.delta_norms)], "step")
-        last = len(frames.captions)
-        return (frames, gr.Slider(maximum=max(last, 2), value=last), norms, *_decomp_step(frames, last))
+    # -- the decomposition and the sampler comparison (their own sections) ------------------------------
+    d_seed, d_scale = build_decomposition(services, [model, prompt, negative, steps, scheduler, rescale,
+                                                     interval_start, interval_end, compare_plain], concurrency)
+    grid.select(on_grid_select, study, [d_seed, d_scale, picked, picked_info], queue=False, api_visibility="private")
+    table.select(on_table_select, study, [d_seed, d_scale, picked, picked_info], queue=False,
+                 api_visibility="private")
+    sampler = build_sampler_comparison(services, model, prompt, negative, defaults["guidance_scale"], concurrency)
+    s_outputs, s_event = sampler.outputs, sampler.finished
 
-    def _decomp_step(frames, step):
-        if frames is None:
-            return ["Pick a cell and press Decompose.", *[None] * 7]
-        k = min(max(int(step or 1), 1), len(frames.captions)) - 1
-        maps, est = frames.maps[k], frames.estimates[k]
-        return [frames.captions[k], maps["uncond"], maps["cond"], maps["delta"], maps["guided"], est["uncond"],
-                est["cond"], est["guided"]]
-
-    d_outputs = [d_caption, *d_maps, *d_x0]
-    d_run.click(decompose_fn, [model, prompt, negative, steps, scheduler, rescale, interval_start, interval_end,
-                               compare_plain, d_seed, d_scale], [d_frames, d_step, d_norm, *d_outputs],
-                api_name="guidance_decompose", **concurrency)
-    d_step.input(_decomp_step, [d_frames, d_step], d_outputs, queue=False, api_visibility="private")
-
-    # -- sampler x steps -----------------------------------------------------------------------------
-    s_outputs = [s_status, s_grid, *s_plots, s_table, s_study]
-
-    def sampler_fn(model_id, prompt_v, negative_v, seed_v, guidance_v, schedulers_v, counts_v, request: gr.Request,
-                   progress=gr.Progress()):
-        try:
-            spec = build_sampler_spec(model_id, prompt_v, negative_v, seed_v, guidance_v, schedulers_v, counts_v)
-        except ValueError as exc:
-            raise gr.Error(str(exc)) from None
-        m = load(spec.model_id)
-        clip = scorer()
-        group_id = start_group(services.gallery, SAMPLER_KIND, spec)
-        state = _new_study(SAMPLER_KIND, spec, group_id)
-        total_steps = sum(spec.step_counts) * len(spec.schedulers)
-        n = len(spec.schedulers) * len(spec.step_counts)
-        key = request.session_hash if request is not None else "api"
-        flag = services.jobs.start(key)
-        yield [f"Cell 1 of {n} ...", gr.Gallery(value=[], columns=len(spec.step_counts)),
-               *_sampler_plot_values([]), cells_table([]), state]
-
-        def grid_cells(on_step):
-            return run_sampler_grid(m, spec.prompt, spec.seed, spec.schedulers, spec.step_counts,
-                                    guidance_scale=spec.guidance, negative_prompt=spec.negative_prompt, scorer=clip,
-                                    cancel=flag, on_step=on_step)
-
-        cells, ids, done_steps = [], [], 0
-        try:
-            for item in _stream(grid_cells, flag):
-                if item[0] == "step":
-                    _, i, event = item
-                    progress((done_steps + event.step + 1, total_steps),
-                             desc=f"Cell {i + 1} of {n}, step {event.step + 1} of {event.num_steps}")
-                    continue
-                cell = item[1]
-                done_steps += cell.steps
-                cells.append(cell)
-                ids.append(save_cell(services.gallery, cell, group_id))
-                state["records"].append(cell.metrics() | {"gallery_id": ids[-1]})
-                state["images"].append(cell.image)
-                yield [f"Cell {len(cells)} of {n} done", _grid_items(state), *_sampler_plot_values(state["records"]),
-                       cells_table(state["records"]), state]
-        except GenerationCancelled:
-            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, []), status="cancelled")
-            yield [f"Cancelled after {len(cells)} of {n} cells (saved as comparison #{group_id}).",
-                   *[gr.skip()] * (len(s_outputs) - 1)]
-            return
-        except ValueError as exc:
-            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, []), status="failed")
-            raise gr.Error(str(exc)) from None
-        except Exception:
-            services.gallery.update_group(group_id, data=group_data(spec, cells, ids, []), status="failed")
-            raise
-        finally:
-            services.jobs.finish(key, flag)
-        services.gallery.update_group(group_id, data=group_data(spec, cells, ids, []), status="done")
-        yield [f"Done: {n} cells, saved as comparison #{group_id}.", _grid_items(state),
-               *_sampler_plot_values(state["records"]), cells_table(state["records"]), state]
-
-    s_event = s_run.click(sampler_fn, [model, prompt, negative, s_seed, s_guidance, s_schedulers, s_steps], s_outputs,
-                api_name="sampler_comparison", **concurrency)
+    with gr.Accordion("Saved sweeps (reopen one with its grid and plots)", open=False):
+        with gr.Row():
+            saved = gr.Dropdown([], label="Saved sweeps and comparisons", scale=4, elem_id="guidance-saved",
+                                allow_custom_value=True)
+            saved_refresh = gr.Button("↻", size="sm", scale=0)
+            saved_open = gr.Button("Open", scale=1, elem_id="guidance-open")
 
     # -- saved sweeps --------------------------------------------------------------------------------
     def saved_choices():
@@ -494,15 +276,11 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
         missing = sum(c.image is None for c in saved_cells)
         info = (f"Reopened {KINDS.get(group.kind, group.kind)} #{group.id} ({group.status}): {len(saved_cells)} cells"
                 + (f", {missing} deleted from the gallery since" if missing else "") + ".")
-        columns = max(len(state["columns"]), 1)
         if group.kind == SAMPLER_KIND:
-            return [gr.skip()] * len(sweep_outputs) + [info, gr.Gallery(value=_grid_items(state), columns=columns),
-                                                       *_sampler_plot_values(state["records"]),
-                                                       cells_table(state["records"]), state,
-                                                       gr.Tabs(selected="guidance")]
-        return [info, gr.Gallery(value=_grid_items(state), columns=columns), *_sweep_plot_values(state["points"]),
-                cells_table(state["records"]), state, [], "",
-                *[gr.skip()] * len(s_outputs), gr.Tabs(selected="guidance")]
+            shown = [gr.skip()] * len(sweep_outputs) + sampler.values(info, state, new_grid=True)
+        else:
+            shown = sweep_values(info, state, picked_reset=True) + [gr.skip()] * len(s_outputs)
+        return shown + [gr.Tabs(selected="guidance")]
 
     open_outputs = sweep_outputs + s_outputs + [tabs]
     saved_open.click(open_group, saved, open_outputs, api_name="guidance_open", concurrency_limit=None)
@@ -517,6 +295,7 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
         return (gr.Slider(value=d["num_inference_steps"]), gr.Dropdown(value=d["scheduler"] or DEFAULT_SCHEDULER),
                 gr.Number(value=d["guidance_scale"]), note or problem or "Ready.")
 
-    model.input(model_changed, model, [steps, scheduler, s_guidance, status], queue=False, api_visibility="private")
+    model.input(model_changed, model, [steps, scheduler, sampler.guidance, status], queue=False,
+                api_visibility="private")
     return GuidanceTab(open_group=open_group, open_outputs=open_outputs, saved=saved, saved_choices=saved_choices,
                        finished=[run_event, s_event])
