@@ -74,7 +74,7 @@ def decompose(model: Any, req: ImageRequest) -> tuple[Any, list[CFGStep]]:
         scheduler.step = recording_step
         return scheduler
 
-    handle = pipe.unet.register_forward_hook(on_unet)
+    handle = model.denoiser.register_forward_hook(on_unet)
     model.scheduler_for = scheduler_for  # this run only (an instance attribute shadows the method)
     try:
         result = model.generate(req)
@@ -89,6 +89,7 @@ def decompose(model: Any, req: ImageRequest) -> tuple[Any, list[CFGStep]]:
     first, end = guided_steps(req.guidance_interval, req.num_inference_steps)
     steps = []
     for i, (out, (guided, timestep, sample)) in enumerate(zip(unet_outputs, scheduler_calls)):
+        out = out[:, :sample.shape[1]]  # a learned-variance model's variance half is not guided
         uncond, cond = out[:n], out[n:]
         # x0 maths needs the scheduler's state at this step: flow/VE sigmas come from the timestep
         x0 = [predict_x0(scheduler, e[:1], timestep, sample[:1])[0] for e in (uncond, cond, guided)]

@@ -12,6 +12,7 @@ from .registry import ModelEntry, ModelLoadError, ModelRegistry
 # family -> "module:Class" (imported on first use so that listing models stays cheap)
 FAMILY_CLASSES: dict[str, str] = {
     "latent_diffusion": "pipelines.latent_diffusion:LatentDiffusion",
+    "dit": "pipelines.dit:DiT",
 }
 
 

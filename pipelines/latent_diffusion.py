@@ -126,6 +126,11 @@ class LatentDiffusion:
         return 8
 
     @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network that predicts the noise (hooked by the CFG decomposition)."""
+        return self.pipe.unet
+
+    @property
     def supports_guidance(self) -> bool:
         """False for guidance-distilled UNets (LCM-style ``time_cond_proj_dim``): the scale is an
         input of the network, there is no unconditional branch to mix."""

@@ -82,13 +82,28 @@ def _check_tokenizer(folder: Path) -> None:
 
 
 def native_image_size(folder: Path) -> int | None:
-    """A latent-diffusion folder's native image side in pixels, read from configs (no loading)."""
+    """A latent model folder's native image side in pixels (UNet or transformer), read from configs (no loading)."""
+    for denoiser in ("unet", "transformer"):
+        try:
+            net = json.loads((folder / denoiser / "config.json").read_text(encoding="utf-8"))
+            vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+            return int(net["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def class_labels(folder: Path) -> list[str] | None:
+    """A class-conditional model's label names from ``model_index.json``'s ``id2label`` (each comma-separated
+    name counts, as ``DiTPipeline`` reads them), sorted; None when the folder has none."""
     try:
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
+        index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    id2label = index.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    return sorted({name.strip() for value in id2label.values() for name in str(value).split(",") if name.strip()})
 
 
 def guidance_note(folder: Path) -> str | None:

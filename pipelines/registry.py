@@ -26,6 +26,7 @@ BUILTIN_MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models
 # diffusers pipeline class -> studio family. Explicit: a folder of another class is skipped.
 PIPELINE_FAMILIES: dict[str, str] = {
     "StableDiffusionPipeline": "latent_diffusion",
+    "DiTPipeline": "dit",
 }
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")

@@ -115,11 +115,12 @@ class ImageResult:
     duration_s: float
     trajectory: Optional[Trajectory] = None
     warnings: list[str] = field(default_factory=list)  # e.g. words cut from a long prompt
+    extra: dict[str, Any] = field(default_factory=dict)  # what the family resolved (e.g. a DiT's class label)
 
     def params(self) -> dict[str, Any]:
         """The full recipe: request plus what the model resolved (size, scheduler, model)."""
         params = self.request.params()
         params.update(model_id=self.model_id, family=self.family, scheduler=self.scheduler,
-                      width=self.width, height=self.height)
+                      width=self.width, height=self.height, **self.extra)
         params.pop("capture_trajectory", None)
         return params

@@ -53,3 +53,32 @@ def build_tiny_sd(folder: Path, *, prediction_type: str = "epsilon", sample_size
         f.unlink()
     tok_dir.rmdir()
     return folder
+
+
+TINY_DIT_LABELS = {0: "red circle", 1: "blue square, cube", 2: "green triangle"}
+
+
+def build_tiny_dit(folder: Path, *, learned_sigma: bool = True, seed: int = 0,
+                   id2label: dict[int, str] | None = None) -> Path:
+    """Save a random-weight ``DiTPipeline`` folder in DiT-XL-2-256's layout: a ``DiTTransformer2DModel``
+    (8 output channels with ``learned_sigma``, as XL-2), a VAE, a DDIM scheduler on DiT's linear
+    schedule, and ``id2label`` in ``model_index.json``."""
+    import json
+
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                        out_channels=8 if learned_sigma else 4, num_layers=2, sample_size=8,
+                                        patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero",
+                                        norm_elementwise_affine=False)
+    vae = AutoencoderKL(block_out_channels=[16, 16], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        norm_num_groups=8, sample_size=16)
+    scheduler = DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False)
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    index_path = Path(folder) / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["id2label"] = {str(k): v for k, v in (id2label or TINY_DIT_LABELS).items()}
+    index_path.write_text(json.dumps(index, indent=2))
+    return Path(folder)

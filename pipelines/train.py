@@ -23,6 +23,7 @@ TARGETS: dict[str, str] = {
     "clip": "pipelines.training.clip:main",
     "vae": "pipelines.training.vae:main",
     "ldm": "pipelines.training.ldm:main",
+    "dit": "pipelines.training.dit:main",
 }
 
 

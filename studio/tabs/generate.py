@@ -10,7 +10,7 @@ import gradio as gr
 
 from pipelines.default_settings import FALLBACK, DefaultSettingsError, read_default_settings
 from pipelines.events import GenerationCancelled
-from pipelines.model_files import native_image_size
+from pipelines.model_files import class_labels, native_image_size
 from pipelines.registry import ModelLoadError
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from pipelines.streaming import Finished, iterate_steps
@@ -95,6 +95,10 @@ def build_generate_tab(services: Services) -> GenerateTab:
                                     allow_custom_value=True,
                                     info=None if default_model else "No models found: see the README's model section.")
                 refresh = gr.Button("↻ Rescan models", scale=1, size="sm")
+            labels = class_labels(services.registry.get(default_model).path) if default_model else None
+            class_label = gr.Dropdown(labels or [], value=None, visible=bool(labels), allow_custom_value=False,
+                                      label="Class label (a class-conditional model knows these names; a typed "
+                                            "prompt is mapped to the nearest one)", elem_id="generate-class-label")
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a small red circle in the top left")
             negative = gr.Textbox(label="Negative prompt", lines=1)
             gr.Examples(EXAMPLE_PROMPTS, inputs=[prompt], label="Example prompts (Shapes world vocabulary)")
@@ -192,12 +196,18 @@ def build_generate_tab(services: Services) -> GenerateTab:
         if problem:
             gr.Warning(problem)
         sized = (gr.Slider(value=size), gr.Slider(value=size)) if size else (gr.Slider(), gr.Slider())
+        try:
+            names = class_labels(services.registry.get(model_id).path) if model_id else None
+        except ModelLoadError:
+            names = None
         return (*sized, gr.Slider(value=d["num_inference_steps"]),
                 gr.Slider(value=d["guidance_scale"], info=_guidance_info(d)),
-                gr.Dropdown(value=d["scheduler"] or DEFAULT_SCHEDULER))
+                gr.Dropdown(value=d["scheduler"] or DEFAULT_SCHEDULER),
+                gr.Dropdown(choices=names or [], value=None, visible=bool(names)))
 
-    model.input(on_model_change, model, [width, height, steps, guidance, scheduler], queue=False,
+    model.input(on_model_change, model, [width, height, steps, guidance, scheduler, class_label], queue=False,
                 api_visibility="private")
+    class_label.input(lambda name: name or gr.skip(), class_label, prompt, queue=False, api_visibility="private")
     return GenerateTab(model, prompt, negative, steps, guidance, seed, width, height, scheduler, batch_size,
                        finished=event)
 

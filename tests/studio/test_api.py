@@ -113,3 +113,11 @@ def test_bad_sweeps_are_refused_with_the_reason_and_save_nothing(client, studio,
         assert gallery.count() == before and len(gallery.groups()) == groups
     finally:
         gallery.close()
+
+
+def test_a_dit_model_generates_from_a_typed_label_and_says_which(client, studio):
+    status, _preview, images, params, *_ = client.predict(
+        "local/tiny-dit", "a cube", "", 2, 3.0, 7, 16, 16, "ddim", 1, api_name="/generate")
+    assert status.startswith("Done") and "Class label used: “cube”" in status
+    assert params["class_label"] == "cube" and params["class_id"] == 1 and params["family"] == "dit"
+    assert len(images) == 1
