@@ -13,6 +13,7 @@ from .registry import ModelEntry, ModelLoadError, ModelRegistry
 FAMILY_CLASSES: dict[str, str] = {
     "latent_diffusion": "pipelines.latent_diffusion:LatentDiffusion",
     "dit": "pipelines.dit:DiT",
+    "flow_matching": "pipelines.flow:FlowMatching",
 }
 
 

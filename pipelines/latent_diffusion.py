@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -25,16 +25,13 @@ from .text_limits import overflow_warning
 from .x0 import predict_x0, supports_x0, unit_scale_after_step
 
 
-class StudioStableDiffusionPipeline(StableDiffusionPipeline):
-    """diffusers' SD pipeline that also hands the guided model output to step callbacks.
+class GuidanceWindow:
+    """Mixin for a diffusers pipeline: guidance only inside a window of steps.
 
-    ``noise_pred`` is the exact tensor ``scheduler.step`` received, which is what the x0
-    estimate needs; nothing else about the pipeline changes.
+    diffusers' loops read ``self.guidance_scale`` at every step in ``u + w * (c - u)``; outside
+    the window it gets 1, i.e. the conditional prediction alone.
     """
 
-    _callback_tensor_inputs = [*StableDiffusionPipeline._callback_tensor_inputs, "noise_pred"]
-    # Guidance only inside a window of steps: diffusers' loop reads ``self.guidance_scale`` at every
-    # step in ``eps_u + w * (eps_c - eps_u)``; outside the window it gets 1, i.e. eps_c alone.
     _guided_steps: Optional[tuple[int, int]] = None  # (first, end): guidance for first <= i < end
     _current_step: int = 0  # set by the step observer
 
@@ -45,6 +42,16 @@ class StudioStableDiffusionPipeline(StableDiffusionPipeline):
                 and not window[0] <= self._current_step < window[1]:
             return 1.0
         return self._guidance_scale
+
+
+class StudioStableDiffusionPipeline(GuidanceWindow, StableDiffusionPipeline):
+    """diffusers' SD pipeline that also hands the guided model output to step callbacks.
+
+    ``noise_pred`` is the exact tensor ``scheduler.step`` received, which is what the x0
+    estimate needs; nothing else about the pipeline changes.
+    """
+
+    _callback_tensor_inputs = [*StableDiffusionPipeline._callback_tensor_inputs, "noise_pred"]
 
 
 class _StepObserver:
@@ -67,7 +74,7 @@ class _StepObserver:
         pipe._current_step = i + 1
         scheduler = pipe.scheduler
         if self._x_t is None:  # the pipeline scaled our noise by init_noise_sigma
-            self._x_t = self._initial_noise * scheduler.init_noise_sigma
+            self._x_t = self._initial_noise * getattr(scheduler, "init_noise_sigma", 1.0)
         latents = kwargs["latents"]  # (B, C, h, w), x_{t-1}
         x0 = None
         if self.needs_noise_pred and supports_x0(scheduler):
@@ -96,8 +103,9 @@ class LatentDiffusion:
     """A loaded latent-diffusion model: ``generate(request) -> ImageResult``."""
 
     family = "latent_diffusion"
+    pipeline_class = StudioStableDiffusionPipeline
 
-    def __init__(self, pipe: StudioStableDiffusionPipeline, model_id: str, taesd_dir: Optional[Path] = None):
+    def __init__(self, pipe: Any, model_id: str, taesd_dir: Optional[Path] = None):
         self.pipe = pipe
         self.model_id = model_id
         self._scheduler_config = pipe.scheduler.config  # the model's own schedule settings
@@ -108,18 +116,21 @@ class LatentDiffusion:
     def load(cls, entry: ModelEntry, device: DeviceSpec) -> "LatentDiffusion":
         check_model_folder(entry.path)
         try:
-            pipe = StudioStableDiffusionPipeline.from_pretrained(
-                entry.path, dtype=device.dtype, use_safetensors=True, local_files_only=True,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            )
+            pipe = cls.pipeline_class.from_pretrained(entry.path, dtype=device.dtype, use_safetensors=True,
+                                                      local_files_only=True, **cls.load_options(entry.path))
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"Could not load {entry.path}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe.to(device.device), entry.id, find_taesd(entry.path))
 
+    @classmethod
+    def load_options(cls, folder: Path) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments of this family for ``folder``."""
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
     @property
     def native_size(self) -> int:
-        return int(self.pipe.unet.config.sample_size) * self.pipe.vae_scale_factor
+        return int(self.denoiser.config.sample_size) * self.pipe.vae_scale_factor
 
     @property
     def size_multiple(self) -> int:
@@ -135,6 +146,10 @@ class LatentDiffusion:
         """False for guidance-distilled UNets (LCM-style ``time_cond_proj_dim``): the scale is an
         input of the network, there is no unconditional branch to mix."""
         return self.pipe.unet.config.time_cond_proj_dim is None
+
+    def call_options(self, req: ImageRequest) -> dict[str, Any]:
+        """Family-specific arguments of the pipeline call."""
+        return {"guidance_rescale": req.guidance_rescale}
 
     def scheduler_for(self, name: Optional[str]):
         if name is None:
@@ -156,10 +171,11 @@ class LatentDiffusion:
         height, width = req.height or self.native_size, req.width or self.native_size
         seeds = [req.seed + i for i in range(req.num_images)]
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        shape = (req.num_images, pipe.unet.config.in_channels,
+        options = self.call_options(req)  # may refuse an option this family lacks (ValueError)
+        shape = (req.num_images, self.denoiser.config.in_channels,
                  height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
         noise = randn_tensor(shape, generator=generators, dtype=torch.float32)  # CPU: same on every device
-        noise = noise.to(pipe.device, pipe.unet.dtype)
+        noise = noise.to(pipe.device, self.denoiser.dtype)
         observer = _StepObserver(noise, on_step, cancel, req.capture_trajectory)
         tensor_inputs = ["latents", "noise_pred"] if observer.needs_noise_pred else ["latents"]
         if cancel is not None:
@@ -172,9 +188,9 @@ class LatentDiffusion:
             out = pipe(
                 prompt=req.prompt, negative_prompt=req.negative_prompt or None,
                 num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale,
-                guidance_rescale=req.guidance_rescale, num_images_per_prompt=req.num_images,
+                num_images_per_prompt=req.num_images,
                 height=height, width=width, latents=noise, generator=generators,
-                callback_on_step_end=observer, callback_on_step_end_tensor_inputs=tensor_inputs,
+                callback_on_step_end=observer, callback_on_step_end_tensor_inputs=tensor_inputs, **options,
             )
         finally:
             pipe._guided_steps = None

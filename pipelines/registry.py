@@ -27,6 +27,7 @@ BUILTIN_MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models
 PIPELINE_FAMILIES: dict[str, str] = {
     "StableDiffusionPipeline": "latent_diffusion",
     "DiTPipeline": "dit",
+    "StableDiffusion3Pipeline": "flow_matching",
 }
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")

@@ -82,3 +82,37 @@ def build_tiny_dit(folder: Path, *, learned_sigma: bool = True, seed: int = 0,
     index["id2label"] = {str(k): v for k, v in (id2label or TINY_DIT_LABELS).items()}
     index_path.write_text(json.dumps(index, indent=2))
     return Path(folder)
+
+
+def build_tiny_sd3(folder: Path, *, seed: int = 0) -> Path:
+    """Save a random-weight ``StableDiffusion3Pipeline`` folder (as diffusers' own SD3 tests build it):
+    an ``SD3Transformer2DModel``, two ``CLIPTextModelWithProjection`` encoders with their tokenizers,
+    no T5 (``text_encoder_3`` = None, which SD3 allows), a VAE with a shift factor, and the
+    ``FlowMatchEulerDiscreteScheduler``. Latents 8x8x4, images 16x16."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                        joint_attention_dim=64, pooled_projection_dim=64, out_channels=4)
+    text_config = CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32,
+                                 intermediate_size=37, layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2,
+                                 vocab_size=49408, max_position_embeddings=77, hidden_act="gelu", projection_dim=32)
+    text_encoder = CLIPTextModelWithProjection(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    vae = AutoencoderKL(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035)
+    tok_dir = write_hf_clip_tokenizer(folder / "_tokenizer_src")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                                    text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                                    tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    return Path(folder)

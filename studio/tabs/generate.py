@@ -68,6 +68,19 @@ def model_defaults(services: Services, model_id: str | None) -> tuple[dict, str 
         return dict(FALLBACK), f"{exc} Using the usual defaults instead."
 
 
+def scheduler_default(services: Services, model_id: str | None, defaults: dict) -> str:
+    """The scheduler a form starts with: the model's ``default_settings.json`` one; else DPM-Solver++ 2M
+    for latent diffusion (whose shipped scheduler is often a slow PNDM or DDIM); else the model's own
+    (a flow model's flow-match Euler, a DiT's)."""
+    if defaults["scheduler"]:
+        return defaults["scheduler"]
+    try:
+        family = services.registry.get(model_id).family if model_id else None
+    except ModelLoadError:
+        family = None
+    return DEFAULT_SCHEDULER if family in (None, "latent_diffusion") else MODEL_DEFAULT_SCHEDULER
+
+
 def _guidance_info(defaults: dict) -> str:
     return f"this model's default: {defaults['guidance_scale']:g} (≤ 1 turns guidance off)"
 
@@ -116,7 +129,8 @@ def build_generate_tab(services: Services) -> GenerateTab:
             with gr.Row():
                 scheduler = gr.Dropdown([(MODEL_DEFAULT_SCHEDULER, MODEL_DEFAULT_SCHEDULER)]
                                         + [(c.label, c.name) for c in SCHEDULERS.values()],
-                                        value=defaults["scheduler"] or DEFAULT_SCHEDULER, label="Scheduler")
+                                        value=scheduler_default(services, default_model, defaults),
+                                        label="Scheduler")
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
@@ -202,7 +216,7 @@ def build_generate_tab(services: Services) -> GenerateTab:
             names = None
         return (*sized, gr.Slider(value=d["num_inference_steps"]),
                 gr.Slider(value=d["guidance_scale"], info=_guidance_info(d)),
-                gr.Dropdown(value=d["scheduler"] or DEFAULT_SCHEDULER),
+                gr.Dropdown(value=scheduler_default(services, model_id, d)),
                 gr.Dropdown(choices=names or [], value=None, visible=bool(names)))
 
     model.input(on_model_change, model, [width, height, steps, guidance, scheduler, class_label], queue=False,

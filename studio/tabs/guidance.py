@@ -15,13 +15,13 @@ from pipelines.events import GenerationCancelled
 from pipelines.guidance_sweep import DEFAULT_SCALES, DEFAULT_SEEDS, run_sweep, summarise
 from pipelines.model_files import guidance_note
 from pipelines.registry import ModelLoadError
-from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from pipelines.schedulers import SCHEDULERS
 
 from ..services import Services
 from ..sweeps import (KINDS, MODEL_DEFAULT, SAMPLER_KIND, SWEEP_KIND, build_sweep_spec, cell_caption, cells_table,
                       export_files, group_data, load_group, points_as_dicts, save_cell, start_group)
 from .cfg_view import build_decomposition
-from .generate import model_choices, model_defaults
+from .generate import model_choices, model_defaults, scheduler_default
 from .sampler_view import build_sampler_comparison
 from .studies import (SWEEP_PLOTS, grid_items, load_guided_model, metric_plot, new_study, scorer, stream_cells,
                       sweep_plot_values)
@@ -58,7 +58,7 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
         seeds = gr.Textbox(label="Seeds (rows)", value=", ".join(map(str, DEFAULT_SEEDS)), elem_id="guidance-seeds")
         steps = gr.Slider(1, 150, value=defaults["num_inference_steps"], step=1, label="Steps",
                           elem_id="guidance-steps")
-        scheduler = gr.Dropdown(scheduler_choices, value=defaults["scheduler"] or DEFAULT_SCHEDULER,
+        scheduler = gr.Dropdown(scheduler_choices, value=scheduler_default(services, default_model, defaults),
                                 label="Scheduler")
     with gr.Accordion("Guidance options (each runs as its own series in the same curves)", open=False):
         with gr.Row():
@@ -292,7 +292,7 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
             note = guidance_note(services.registry.get(model_id).path) if model_id else None
         except ModelLoadError:
             pass
-        return (gr.Slider(value=d["num_inference_steps"]), gr.Dropdown(value=d["scheduler"] or DEFAULT_SCHEDULER),
+        return (gr.Slider(value=d["num_inference_steps"]), gr.Dropdown(value=scheduler_default(services, model_id, d)),
                 gr.Number(value=d["guidance_scale"]), note or problem or "Ready.")
 
     model.input(model_changed, model, [steps, scheduler, sampler.guidance, status], queue=False,

@@ -121,3 +121,18 @@ def test_a_dit_model_generates_from_a_typed_label_and_says_which(client, studio)
     assert status.startswith("Done") and "Class label used: “cube”" in status
     assert params["class_label"] == "cube" and params["class_id"] == 1 and params["family"] == "dit"
     assert len(images) == 1
+
+
+def test_a_flow_model_generates_with_its_own_scheduler_and_refuses_diffusion_samplers(client, studio):
+    status, _preview, images, params, *_ = client.predict(
+        "local/tiny-sd3", "a red circle", "", 3, 3.0, 11, 16, 16, "model default", 1, api_name="/generate")
+    assert status.startswith("Done") and params["family"] == "flow_matching" and len(images) == 1
+    assert params["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+    gallery = Gallery.open(studio.gallery_dir)
+    try:
+        before = gallery.count()
+        with pytest.raises(Exception, match="flow-match scheduler"):
+            client.predict("local/tiny-sd3", "a red circle", "", 3, 3.0, 11, 16, 16, "ddim", 1, api_name="/generate")
+        assert gallery.count() == before
+    finally:
+        gallery.close()
