@@ -24,6 +24,7 @@ TARGETS: dict[str, str] = {
     "vae": "pipelines.training.vae:main",
     "ldm": "pipelines.training.ldm:main",
     "dit": "pipelines.training.dit:main",
+    "vqgan": "pipelines.training.vqgan:main",
 }
 
 
