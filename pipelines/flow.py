@@ -25,8 +25,6 @@ from diffusers import StableDiffusion3Pipeline
 from .latent_diffusion import GuidanceWindow, LatentDiffusion
 from .requests import ImageRequest
 
-FLOW_SCHEDULER_NAMES = ("flow_euler",)  # the default; listed for messages
-
 
 class StudioStableDiffusion3Pipeline(GuidanceWindow, StableDiffusion3Pipeline):
     """diffusers' SD3 pipeline that also hands the guided velocity to step callbacks."""
@@ -68,7 +66,4 @@ class FlowMatching(LatentDiffusion):
     def call_options(self, req: ImageRequest) -> dict[str, Any]:
         if req.guidance_rescale > 0:
             raise ValueError("Guidance rescale is not available for flow-matching (SD3) models; set it to 0.")
-        return {"max_sequence_length": 77} if self.pipe.text_encoder_3 is None else {}
-
-    def prompt_warnings(self, req: ImageRequest) -> list[str]:
-        return super().prompt_warnings(req)
+        return {}
