@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 FILENAME = "default_settings.json"
-FALLBACK: dict[str, Any] = {"guidance_scale": 7.5, "num_inference_steps": 25, "scheduler": None}
+FALLBACK: dict[str, Any] = {"guidance_scale": 7.5, "num_inference_steps": 25, "scheduler": None,
+                            "temperature": 1.0, "top_k": 0}  # the last two: token (autoregressive) models
 
 
 class DefaultSettingsError(ValueError):
@@ -48,7 +49,14 @@ def _check(path: Path, data: Any) -> dict[str, Any]:
     sched = data.get("scheduler", FALLBACK["scheduler"])
     if sched is not None and sched not in SCHEDULERS:
         raise DefaultSettingsError(f"{path}: scheduler {sched!r} is not one of {', '.join(SCHEDULERS)}.")
-    return {"guidance_scale": float(g), "num_inference_steps": steps, "scheduler": sched}
+    temp = data.get("temperature", FALLBACK["temperature"])
+    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp) or not 0 < temp <= 10:
+        raise DefaultSettingsError(f"{path}: temperature must be a number above 0 and at most 10 (got {temp!r}).")
+    top_k = data.get("top_k", FALLBACK["top_k"])
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise DefaultSettingsError(f"{path}: top_k must be a whole number, 0 (off) or more (got {top_k!r}).")
+    return {"guidance_scale": float(g), "num_inference_steps": steps, "scheduler": sched,
+            "temperature": float(temp), "top_k": top_k}
 
 
 def read_default_settings(folder: Path) -> dict[str, Any]:
@@ -64,11 +72,12 @@ def read_default_settings(folder: Path) -> dict[str, Any]:
 
 
 def write_default_settings(folder: Path, guidance_scale: float, num_inference_steps: int = 25,
-                           scheduler: str | None = None, note: str = "") -> Path:
-    """Write (validated) defaults into a model folder; returns the file."""
+                           scheduler: str | None = None, note: str = "", **token_sampling: Any) -> Path:
+    """Write (validated) defaults into a model folder; returns the file. ``token_sampling``: ``temperature``
+    and ``top_k`` of a token model."""
     path = Path(folder) / FILENAME
     data: dict[str, Any] = {"guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps,
-                            "scheduler": scheduler}
+                            "scheduler": scheduler, **token_sampling}
     _check(path, data)
     if note:
         data["note"] = note

@@ -14,6 +14,7 @@ FAMILY_CLASSES: dict[str, str] = {
     "latent_diffusion": "pipelines.latent_diffusion:LatentDiffusion",
     "dit": "pipelines.dit:DiT",
     "flow_matching": "pipelines.flow:FlowMatching",
+    "vqgan_prior": "pipelines.token_prior:VQGANTokenPrior",
 }
 
 

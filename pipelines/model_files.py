@@ -82,7 +82,14 @@ def _check_tokenizer(folder: Path) -> None:
 
 
 def native_image_size(folder: Path) -> int | None:
-    """A latent model folder's native image side in pixels (UNet or transformer), read from configs (no loading)."""
+    """A model folder's native image side in pixels (UNet, transformer or token prior), read from configs
+    (no loading)."""
+    try:  # token prior: grid cells x the VQGAN's downsampling
+        prior = json.loads((folder / "prior" / "config.json").read_text(encoding="utf-8"))
+        vq = json.loads((folder / "vqvae" / "config.json").read_text(encoding="utf-8"))
+        return int(prior["grid_size"]) * 2 ** (len(vq["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     for denoiser in ("unet", "transformer"):
         try:
             net = json.loads((folder / denoiser / "config.json").read_text(encoding="utf-8"))

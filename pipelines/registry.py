@@ -28,6 +28,7 @@ PIPELINE_FAMILIES: dict[str, str] = {
     "StableDiffusionPipeline": "latent_diffusion",
     "DiTPipeline": "dit",
     "StableDiffusion3Pipeline": "flow_matching",
+    "VQGANTokenPriorPipeline": "vqgan_prior",
 }
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")

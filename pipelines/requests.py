@@ -14,6 +14,7 @@ MAX_SIDE = 2048
 MAX_GUIDANCE = 100.0
 MAX_IMAGES = 16
 MAX_SEED = 2**63 - 1
+MAX_TEMPERATURE = 10.0
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,19 @@ class ImageRequest:
     # Interval Improves Sample and Distribution Quality"). None = every step.
     guidance_rescale: float = 0.0
     guidance_interval: Optional[tuple[float, float]] = None
+    # Token sampling (autoregressive families only): logits / temperature, then keep the top_k
+    # largest (0 = all). Diffusion families refuse values other than these defaults.
+    temperature: float = 1.0
+    top_k: int = 0
 
     def params(self) -> dict[str, Any]:
         """The exact parameters as a JSON-friendly dict (stored with every result)."""
         return asdict(self)
+
+
+def uses_token_sampling(req: ImageRequest) -> bool:
+    """Whether ``req`` sets temperature or top-k (options of autoregressive families only)."""
+    return req.temperature != 1.0 or req.top_k != 0
 
 
 def guided_steps(interval: Optional[tuple[float, float]], num_steps: int) -> tuple[int, int]:
@@ -55,8 +65,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_image_request(req: ImageRequest, size_multiple: int = 8) -> None:
-    """Raise ``ValueError`` with a message telling the user what to change."""
+def validate_image_request(req: ImageRequest, size_multiple: int = 8, token_sampling: bool = False) -> None:
+    """Raise ``ValueError`` with a message telling the user what to change.
+
+    ``token_sampling``: the model samples tokens (temperature and top-k apply); diffusion models refuse them.
+    """
     if not isinstance(req.prompt, str):
         raise ValueError("The prompt must be text.")
     if not _is_int(req.num_inference_steps) or not 1 <= req.num_inference_steps <= MAX_STEPS:
@@ -74,6 +87,15 @@ def validate_image_request(req: ImageRequest, size_multiple: int = 8) -> None:
         if not ok or not 0 <= window[0] < window[1] <= 1:
             raise ValueError("The guidance interval must be two fractions of the run, start < end, from 0 to 1 "
                              f"(for example 0.2 to 0.8; got {window!r}).")
+    temp = req.temperature
+    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp) \
+            or not 0 < temp <= MAX_TEMPERATURE:
+        raise ValueError(f"Temperature must be a number above 0 and at most {MAX_TEMPERATURE:g} (got {temp!r}).")
+    if not _is_int(req.top_k) or req.top_k < 0:
+        raise ValueError(f"Top-k must be a whole number, 0 (off) or more (got {req.top_k!r}).")
+    if not token_sampling and uses_token_sampling(req):
+        raise ValueError("Temperature and top-k shape how a token model draws codebook ids; this model denoises "
+                         "a latent instead. Set temperature 1 and top-k 0 for it.")
     if not _is_int(req.seed) or not 0 <= req.seed <= MAX_SEED:
         raise ValueError(f"Seed must be a whole number from 0 to {MAX_SEED} (got {req.seed!r}).")
     for name in ("width", "height"):

@@ -116,3 +116,32 @@ def build_tiny_sd3(folder: Path, *, seed: int = 0) -> Path:
         f.unlink()
     tok_dir.rmdir()
     return Path(folder)
+
+
+def build_tiny_vqgan_prior(folder: Path, *, seed: int = 0, codebook: int = 32, grid: int = 4) -> Path:
+    """Save a random-weight VQGAN + token prior folder (:mod:`pipelines.token_prior`'s layout): a diffusers
+    ``VQModel`` (16x16 images, a ``grid`` x ``grid`` grid of ``codebook`` ids), a ``TokenPriorTransformer``,
+    a CLIP text encoder and tokenizer."""
+    from diffusers import VQModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from .token_prior import TokenPriorTransformer, save_token_prior_folder
+
+    torch.manual_seed(seed)
+    side = 16
+    blocks = 1 + (side // grid).bit_length() - 1
+    vqvae = VQModel(in_channels=3, out_channels=3, sample_size=side, latent_channels=4, vq_embed_dim=4,
+                    num_vq_embeddings=codebook, block_out_channels=[8] * blocks, layers_per_block=1,
+                    down_block_types=["DownEncoderBlock2D"] * blocks, up_block_types=["UpDecoderBlock2D"] * blocks,
+                    norm_num_groups=4, mid_block_add_attention=False)
+    prior = TokenPriorTransformer(vocab_size=codebook, grid_size=grid, width=32, layers=2, heads=4, text_dim=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
+        max_position_embeddings=77))
+    tok_dir = write_hf_clip_tokenizer(Path(folder) / "_tokenizer_src")
+    save_token_prior_folder(folder, vqvae, prior, text_encoder, CLIPTokenizer.from_pretrained(tok_dir))
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    return Path(folder)

@@ -25,6 +25,7 @@ TARGETS: dict[str, str] = {
     "ldm": "pipelines.training.ldm:main",
     "dit": "pipelines.training.dit:main",
     "vqgan": "pipelines.training.vqgan:main",
+    "prior": "pipelines.training.prior:main",
 }
 
 

@@ -29,8 +29,9 @@ def resolve_seed(seed: Any) -> int:
 
 
 def build_request(prompt: Any, negative_prompt: Any, steps: Any, guidance: Any, seed: Any, width: Any,
-                  height: Any, scheduler: Any, batch_size: Any) -> ImageRequest:
-    """Form values -> a validated-type request (range checks happen in the pipeline)."""
+                  height: Any, scheduler: Any, batch_size: Any, temperature: Any = 1.0, top_k: Any = 0) -> ImageRequest:
+    """Form values -> a validated-type request (range checks happen in the pipeline). Temperature and
+    top-k matter to token models only; the form sends 1 and 0 otherwise."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("Type a prompt first (for example: a red circle on a white background).")
     sched = None if scheduler in (None, "", MODEL_DEFAULT_SCHEDULER) else str(scheduler)
@@ -39,6 +40,8 @@ def build_request(prompt: Any, negative_prompt: Any, steps: Any, guidance: Any, 
         num_inference_steps=whole_number(steps, "Steps"), guidance_scale=number(guidance, "Guidance scale"),
         seed=resolve_seed(seed), width=whole_number(width, "Width"), height=whole_number(height, "Height"),
         scheduler=sched, num_images=whole_number(batch_size, "Batch size"),
+        temperature=number(1.0 if temperature is None else temperature, "Temperature"),
+        top_k=whole_number(0 if top_k is None else top_k, "Top-k"),
     )
 
 
@@ -82,8 +85,17 @@ def save_result(gallery: Gallery, result: ImageResult, frames: list[Optional[Tra
 
 def recall_values(row: Any) -> list[Any]:
     """A gallery row's recipe as Generate-tab values (model, prompt, negative prompt, steps,
-    guidance, seed, width, height, scheduler, batch size) that regenerate exactly that image."""
+    guidance, seed, width, height, scheduler, batch size, temperature, top-k) that regenerate exactly
+    that image."""
     p = row.params or {}
     return [row.model_id, row.prompt, row.negative_prompt or "", p.get("num_inference_steps", row.steps),
             p.get("guidance_scale", row.guidance), row.seed, p.get("width", row.width), p.get("height", row.height),
-            p.get("scheduler") or MODEL_DEFAULT_SCHEDULER, 1]
+            _form_scheduler(p.get("scheduler")), 1, p.get("temperature", 1.0), p.get("top_k", 0)]
+
+
+def _form_scheduler(stored: Any) -> str:
+    """A stored scheduler as the form's choice: a listed name, else the model's own (a stored class name
+    such as FlowMatchEulerDiscreteScheduler, or "autoregressive", came from the model's default)."""
+    from pipelines.schedulers import SCHEDULERS
+
+    return stored if stored in SCHEDULERS else MODEL_DEFAULT_SCHEDULER

@@ -45,11 +45,13 @@ class GenerateTab:
     height: gr.Slider
     scheduler: gr.Dropdown
     batch_size: gr.Slider
+    temperature: gr.Slider
+    top_k: gr.Number
     finished: Any  # the event after a generation completed (for chaining gallery refreshes)
 
     def recall_outputs(self) -> list:
         return [self.model, self.prompt, self.negative_prompt, self.steps, self.guidance, self.seed,
-                self.width, self.height, self.scheduler, self.batch_size]
+                self.width, self.height, self.scheduler, self.batch_size, self.temperature, self.top_k]
 
 
 def model_choices(services: Services) -> list[tuple[str, str]]:
@@ -74,11 +76,20 @@ def scheduler_default(services: Services, model_id: str | None, defaults: dict) 
     (a flow model's flow-match Euler, a DiT's)."""
     if defaults["scheduler"]:
         return defaults["scheduler"]
-    try:
-        family = services.registry.get(model_id).family if model_id else None
-    except ModelLoadError:
-        family = None
+    family = model_family(services, model_id)
     return DEFAULT_SCHEDULER if family in (None, "latent_diffusion") else MODEL_DEFAULT_SCHEDULER
+
+
+def model_family(services: Services, model_id: str | None) -> str | None:
+    try:
+        return services.registry.get(model_id).family if model_id else None
+    except ModelLoadError:
+        return None
+
+
+TOKEN_FAMILIES = ("vqgan_prior",)  # models that draw tokens: temperature and top-k apply, steps = checkpoints
+STEPS_INFO = {"vqgan_prior": "a token model writes every grid cell (one network evaluation each); steps = how "
+                             "many checkpoints of the filling grid the trajectory keeps"}
 
 
 def _guidance_info(defaults: dict) -> str:
@@ -115,8 +126,10 @@ def build_generate_tab(services: Services) -> GenerateTab:
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a small red circle in the top left")
             negative = gr.Textbox(label="Negative prompt", lines=1)
             gr.Examples(EXAMPLE_PROMPTS, inputs=[prompt], label="Example prompts (Shapes world vocabulary)")
+            family = model_family(services, default_model)
             with gr.Row():
-                steps = gr.Slider(1, 150, value=defaults["num_inference_steps"], step=1, label="Steps")
+                steps = gr.Slider(1, 150, value=defaults["num_inference_steps"], step=1, label="Steps",
+                                  info=STEPS_INFO.get(family))
                 guidance = gr.Slider(0, 30, value=defaults["guidance_scale"], step=0.5, label="Guidance scale",
                                      info=_guidance_info(defaults))
             with gr.Row():
@@ -132,6 +145,11 @@ def build_generate_tab(services: Services) -> GenerateTab:
                                         value=scheduler_default(services, default_model, defaults),
                                         label="Scheduler")
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
+            with gr.Row(visible=family in TOKEN_FAMILIES) as token_row:
+                temperature = gr.Slider(0.05, 3, value=defaults["temperature"], step=0.05, label="Temperature",
+                                        info="logits / T before sampling each token (lower: safer, less varied)")
+                top_k = gr.Number(value=defaults["top_k"], precision=0, minimum=0, label="Top-k (0 = off)",
+                                  info="sample only among the k most likely tokens")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
@@ -157,12 +175,15 @@ def build_generate_tab(services: Services) -> GenerateTab:
     last_seed = gr.State(None)
 
     def generate_fn(model_id, prompt_v, negative_v, steps_v, guidance_v, seed_v, width_v, height_v, sched_v,
-                    batch_v, request: gr.Request, progress=gr.Progress()) -> Iterator[dict]:
+                    batch_v, temperature_v=1.0, top_k_v=0, request: gr.Request = None,
+                    progress=gr.Progress()) -> Iterator[dict]:
         try:
-            req = build_request(prompt_v, negative_v, steps_v, guidance_v, seed_v, width_v, height_v, sched_v,
-                                batch_v)
             if not model_id:
                 raise ValueError("Pick a model first (none is selected).")
+            if model_family(services, model_id) not in TOKEN_FAMILIES:  # hidden fields: not this model's options
+                temperature_v, top_k_v = 1.0, 0
+            req = build_request(prompt_v, negative_v, steps_v, guidance_v, seed_v, width_v, height_v, sched_v,
+                                batch_v, temperature_v, top_k_v)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         key = request.session_hash if request is not None else "api"
@@ -175,7 +196,7 @@ def build_generate_tab(services: Services) -> GenerateTab:
     outputs = {"status": status, "preview": preview, "results": results, "params": params,
                "frames": frames_state, "step": traj_step, "image": traj_image, "noisy": traj_noisy,
                "x0": traj_x0, "caption": traj_caption, "last_seed": last_seed}
-    inputs = [model, prompt, negative, steps, guidance, seed, width, height, scheduler, batch_size]
+    inputs = [model, prompt, negative, steps, guidance, seed, width, height, scheduler, batch_size, temperature, top_k]
     event = generate.click(generate_fn, inputs, list(outputs.values()), api_name="generate",
                            concurrency_limit=1, concurrency_id=f"model-{services.device.device}")
     prompt.submit(generate_fn, inputs, list(outputs.values()), api_visibility="private",
@@ -214,16 +235,18 @@ def build_generate_tab(services: Services) -> GenerateTab:
             names = class_labels(services.registry.get(model_id).path) if model_id else None
         except ModelLoadError:
             names = None
-        return (*sized, gr.Slider(value=d["num_inference_steps"]),
+        fam = model_family(services, model_id)
+        return (*sized, gr.Slider(value=d["num_inference_steps"], info=STEPS_INFO.get(fam)),
                 gr.Slider(value=d["guidance_scale"], info=_guidance_info(d)),
                 gr.Dropdown(value=scheduler_default(services, model_id, d)),
-                gr.Dropdown(choices=names or [], value=None, visible=bool(names)))
+                gr.Dropdown(choices=names or [], value=None, visible=bool(names)),
+                gr.Row(visible=fam in TOKEN_FAMILIES), gr.Slider(value=d["temperature"]), gr.Number(value=d["top_k"]))
 
-    model.input(on_model_change, model, [width, height, steps, guidance, scheduler, class_label], queue=False,
-                api_visibility="private")
+    model.input(on_model_change, model, [width, height, steps, guidance, scheduler, class_label, token_row,
+                                         temperature, top_k], queue=False, api_visibility="private")
     class_label.input(lambda name: name or gr.skip(), class_label, prompt, queue=False, api_visibility="private")
     return GenerateTab(model, prompt, negative, steps, guidance, seed, width, height, scheduler, batch_size,
-                       finished=event)
+                       temperature, top_k, finished=event)
 
 
 def _run(services: Services, model_id: str, req, flag, progress, out: dict) -> Iterator[dict]:
@@ -244,8 +267,9 @@ def _run(services: Services, model_id: str, req, flag, progress, out: dict) -> I
                 result = item.result
                 break
             k, n = item.step + 1, item.num_steps
-            progress((k, n), desc=f"Denoising step {k}/{n}")
-            update = {out["status"]: f"Denoising: step {k} of {n}" + (" · decoding ..." if k == n else "")}
+            phase = "Writing tokens: checkpoint" if model.family in TOKEN_FAMILIES else "Denoising: step"
+            progress((k, n), desc=f"{phase} {k}/{n}")
+            update = {out["status"]: f"{phase} {k} of {n}" + (" · decoding ..." if k == n else "")}
             now = time.perf_counter()
             if item.pred_x0 is not None and (now - last_preview >= PREVIEW_EVERY_S or k == n):
                 update[out["preview"]] = model.preview.decode(item.pred_x0[:1])[0]

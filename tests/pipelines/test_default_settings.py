@@ -15,8 +15,11 @@ def test_absent_file_gives_the_usual_defaults(tmp_path):
 def test_written_settings_read_back(tmp_path):
     write_default_settings(tmp_path, 2.5, 30, "euler", note="measured")
     assert read_default_settings(tmp_path) == {"guidance_scale": 2.5, "num_inference_steps": 30,
-                                               "scheduler": "euler"}
+                                               "scheduler": "euler", "temperature": 1.0, "top_k": 0}
     assert json.loads((tmp_path / "default_settings.json").read_text())["note"] == "measured"
+    write_default_settings(tmp_path, 3.0, 16, temperature=0.8, top_k=40)  # a token model's
+    assert read_default_settings(tmp_path) | {"scheduler": None} == {
+        "guidance_scale": 3.0, "num_inference_steps": 16, "scheduler": None, "temperature": 0.8, "top_k": 40}
 
 
 def test_partial_file_is_merged_over_the_fallback(tmp_path):
@@ -32,6 +35,8 @@ def test_partial_file_is_merged_over_the_fallback(tmp_path):
     ('{"guidance_scale": "high"}', "guidance_scale must be"),
     ('{"num_inference_steps": 2.5}', "num_inference_steps must be"),
     ('{"scheduler": "warp-drive"}', "scheduler 'warp-drive' is not one of"),
+    ('{"temperature": 0}', "temperature must be"),
+    ('{"top_k": 2.5}', "top_k must be"),
 ])
 def test_bad_files_are_named_with_the_problem(tmp_path, text, fragment):
     (tmp_path / "default_settings.json").write_text(text)

@@ -136,3 +136,24 @@ def test_a_flow_model_generates_with_its_own_scheduler_and_refuses_diffusion_sam
         assert gallery.count() == before
     finally:
         gallery.close()
+
+
+def test_a_token_model_generates_with_temperature_and_top_k(client, studio):
+    status, _preview, images, params, *_ = client.predict(
+        "local/tiny-vqgan", "a red circle", "", 4, 2.0, 13, 16, 16, "model default", 1, 0.7, 5, api_name="/generate")
+    assert status.startswith("Done") and params["family"] == "vqgan_prior" and len(images) == 1
+    assert params["temperature"] == 0.7 and params["top_k"] == 5 and params["scheduler"] == "autoregressive"
+    gallery = Gallery.open(studio.gallery_dir)
+    try:
+        row = gallery.get(params["gallery_ids"][0])
+        assert row.trajectory_frames == 4 and row.family == "vqgan_prior"
+        before = gallery.count()
+        with pytest.raises(Exception, match="no noise scheduler"):
+            client.predict("local/tiny-vqgan", "a red circle", "", 4, 2.0, 13, 16, 16, "ddim", 1, 1.0, 0,
+                           api_name="/generate")
+        # a diffusion model ignores the hidden token fields rather than failing
+        status, *_ = client.predict("local/tiny-sd", "a red circle", "", 2, 2.0, 13, 16, 16, "ddim", 1, 0.7, 5,
+                                    api_name="/generate")
+        assert status.startswith("Done") and gallery.count() == before + 1
+    finally:
+        gallery.close()

@@ -83,3 +83,24 @@ def test_recall_regenerates_the_same_pixels(tiny_sd, tmp_path):
         assert np.array_equal(np.asarray(again.images[0]), np.asarray(result.images[0]))
     finally:
         gallery.close()
+
+
+def test_recall_of_a_token_model_image_regenerates_it(tiny_models_dir, tmp_path):
+    import numpy as np
+
+    from pipelines.devices import resolve_device
+    from pipelines.families import load_model
+    from pipelines.registry import ModelRegistry
+
+    model = load_model(ModelRegistry(builtin_dir=None, user_dir=tiny_models_dir).get("local/tiny-vqgan"),
+                       resolve_device("cpu"))
+    result = model.generate(build_request("a red circle", "", 4, 2.0, 3, 16, 16, "model default", 1, 0.8, 6))
+    gallery = Gallery.open(tmp_path / "g")
+    try:
+        (gen_id,) = save_result(gallery, result, [None])
+        model_id, *form = recall_values(gallery.get(gen_id))
+        assert model_id == "local/tiny-vqgan" and form[-4:] == ["model default", 1, 0.8, 6]
+        again = model.generate(build_request(*form))
+        assert np.array_equal(np.asarray(again.images[0]), np.asarray(result.images[0]))
+    finally:
+        gallery.close()
