@@ -17,6 +17,9 @@ FAMILY_CLASSES: dict[str, str] = {
     "vqgan_prior": "pipelines.token_prior:VQGANTokenPrior",
 }
 
+# families that draw tokens (temperature and top-k apply; steps = trajectory checkpoints)
+TOKEN_FAMILIES = ("vqgan_prior",)
+
 
 def family_class(family: str):
     try:

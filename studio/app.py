@@ -30,7 +30,7 @@ def build_app(services: Services) -> gr.Blocks:
         refresh_fn, refresh_inputs, refresh_outputs = gallery["refresh"]
         choices_fn, choices_outputs = gallery["choices"]
         # After every finished generation and on every page load the gallery shows the newest items.
-        for finished in [generate.finished, *guidance.finished]:
+        for finished in [generate.finished, generate.compared, *guidance.finished]:
             finished.then(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private",
                           concurrency_limit=None)
         demo.load(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private", concurrency_limit=None)

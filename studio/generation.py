@@ -66,17 +66,20 @@ def decode_trajectory(decoder: PreviewDecoder, result: ImageResult, index: int) 
     return TrajectoryFrames(traj.timesteps, noisy, estimates)
 
 
-def save_result(gallery: Gallery, result: ImageResult, frames: list[Optional[TrajectoryFrames]]) -> list[int]:
-    """One gallery row per image; each row's recipe regenerates that image alone."""
+def save_result(gallery: Gallery, result: ImageResult, frames: list[Optional[TrajectoryFrames]],
+                group_id: Optional[int] = None, extra_params: Optional[dict[str, Any]] = None) -> list[int]:
+    """One gallery row per image; each row's recipe regenerates that image alone. ``group_id`` links the
+    rows to a gallery group; ``extra_params`` (group place, metrics) are stored beside the recipe."""
     ids = []
+    group = {} if group_id is None else {"group_id": group_id}
     for i, image in enumerate(result.images):
         single = replace(result.request, seed=result.seeds[i], num_images=1)
-        params = replace(result, request=single).params()
+        params = replace(result, request=single).params() | (extra_params or {})
         traj = frames[i] if i < len(frames) else None
         ids.append(gallery.save_image(
             image, params=params,
             fields={"media_type": "image", "family": result.family, "duration_s": result.duration_s,
-                    "status": "ok"},
+                    "status": "ok", **group},
             trajectory=traj.sprite() if traj else None,
             trajectory_frames=len(traj.noisy) if traj else 0,
         ))

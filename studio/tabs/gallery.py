@@ -14,6 +14,7 @@ from ..forms import optional_date, optional_number
 from ..gallery import GalleryQuery, read_png_params
 from ..generation import recall_values
 from ..services import Services
+from ..sweeps import KINDS as SWEEP_KINDS
 from .generate import GenerateTab
 from .guidance import GuidanceTab
 
@@ -116,7 +117,8 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
     def on_select(ids, evt: gr.SelectData):
         gen_id = ids[evt.index] if evt.index is not None and evt.index < len(ids) else None
         row = gallery.get(gen_id) if gen_id is not None else None
-        in_group = row is not None and row.group_id is not None and gallery.get_group(row.group_id) is not None
+        group = gallery.get_group(row.group_id) if row is not None and row.group_id is not None else None
+        in_group = group is not None and group.kind in SWEEP_KINDS  # sweeps reopen; comparisons are plain rows
         label = f"Open its sweep #{row.group_id} in the Guidance Explorer" if in_group else ""
         return (gen_id, *show(ids, gen_id, row.trajectory_frames if row else 1),
                 gr.Button(visible=in_group and guidance is not None, value=label))

@@ -10,6 +10,7 @@ import gradio as gr
 
 from pipelines.default_settings import FALLBACK, DefaultSettingsError, read_default_settings
 from pipelines.events import GenerationCancelled
+from pipelines.families import TOKEN_FAMILIES
 from pipelines.model_files import class_labels, native_image_size
 from pipelines.registry import ModelLoadError
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
@@ -18,6 +19,7 @@ from pipelines.streaming import Finished, iterate_steps
 from ..generation import (MODEL_DEFAULT_SCHEDULER, TrajectoryFrames, build_request, decode_trajectory,
                           save_result)
 from ..services import Services
+from .compare import build_compare_section
 
 log = logging.getLogger(__name__)
 PREVIEW_EVERY_S = 0.2  # decode a live preview at most this often (the run itself never waits)
@@ -48,6 +50,7 @@ class GenerateTab:
     temperature: gr.Slider
     top_k: gr.Number
     finished: Any  # the event after a generation completed (for chaining gallery refreshes)
+    compared: Any = None  # the event after a family comparison completed
 
     def recall_outputs(self) -> list:
         return [self.model, self.prompt, self.negative_prompt, self.steps, self.guidance, self.seed,
@@ -87,7 +90,6 @@ def model_family(services: Services, model_id: str | None) -> str | None:
         return None
 
 
-TOKEN_FAMILIES = ("vqgan_prior",)  # models that draw tokens: temperature and top-k apply, steps = checkpoints
 STEPS_INFO = {"vqgan_prior": "a token model writes every grid cell (one network evaluation each); steps = how "
                              "many checkpoints of the filling grid the trajectory keeps"}
 
@@ -245,8 +247,9 @@ def build_generate_tab(services: Services) -> GenerateTab:
     model.input(on_model_change, model, [width, height, steps, guidance, scheduler, class_label, token_row,
                                          temperature, top_k], queue=False, api_visibility="private")
     class_label.input(lambda name: name or gr.skip(), class_label, prompt, queue=False, api_visibility="private")
+    compared = build_compare_section(services, prompt, negative, seed)
     return GenerateTab(model, prompt, negative, steps, guidance, seed, width, height, scheduler, batch_size,
-                       temperature, top_k, finished=event)
+                       temperature, top_k, finished=event, compared=compared)
 
 
 def _run(services: Services, model_id: str, req, flag, progress, out: dict) -> Iterator[dict]:

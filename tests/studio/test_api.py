@@ -157,3 +157,28 @@ def test_a_token_model_generates_with_temperature_and_top_k(client, studio):
         assert status.startswith("Done") and gallery.count() == before + 1
     finally:
         gallery.close()
+
+
+def test_compare_families_saves_one_group_with_a_row_per_model(client, studio):
+    gallery = Gallery.open(studio.gallery_dir)
+    try:
+        before = gallery.count()
+        status, finals, sheet, table = client.predict(
+            ["local/tiny-sd", "local/tiny-dit", "local/tiny-sd3", "local/tiny-vqgan"], 3, "a red circle", "", 5,
+            api_name="/compare_families")
+        assert status.startswith("Done") and len(finals) == 4 and sheet
+        rows = table["data"]
+        assert [r[1] for r in rows] == ["latent_diffusion", "dit", "flow_matching", "vqgan_prior"]
+        assert [r[2] for r in rows] == [3, 3, 3, 16]  # counted network evaluations
+        group = gallery.groups(kind="family_comparison")[0]
+        members = gallery.group_members(group.id)
+        assert group.status == "done" and len(members) == 4 and gallery.count() == before + 4
+        assert {m.family for m in members} == {"latent_diffusion", "dit", "flow_matching", "vqgan_prior"}
+        assert all(m.seed == 5 and m.trajectory_frames > 0 for m in members)
+        with pytest.raises(Exception, match="Network evaluations"):
+            client.predict(["local/tiny-sd"], 500, "a red circle", "", 5, api_name="/compare_families")
+        with pytest.raises(Exception, match="Tick at least one model"):
+            client.predict([], 3, "a red circle", "", 5, api_name="/compare_families")
+        assert gallery.count() == before + 4
+    finally:
+        gallery.close()
