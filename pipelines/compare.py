@@ -80,7 +80,9 @@ def matched_request(model: Any, folder: Path, prompt: str, seed: int, nfe: int, 
                         guidance_scale=d["guidance_scale"], seed=seed, scheduler=d["scheduler"])
 
 
-class _CallCounter:
+class CallCounter:
+    """Counts a module's forward calls while open (a forward hook); use as a context manager."""
+
     def __init__(self, module: torch.nn.Module) -> None:
         self.calls = 0
         self._handle = module.register_forward_hook(self._hook)
@@ -88,7 +90,10 @@ class _CallCounter:
     def _hook(self, *_: Any) -> None:
         self.calls += 1
 
-    def close(self) -> None:
+    def __enter__(self) -> "CallCounter":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
         self._handle.remove()
 
 
@@ -101,14 +106,11 @@ def run_comparison(models: Sequence[tuple[str, Any, Path]], prompt: str, seed: i
     """
     for index, (model_id, model, folder) in enumerate(models):
         req = matched_request(model, folder, prompt, seed, nfe, negative_prompt)
-        counter = _CallCounter(network_of(model))
         callback = (lambda event, i=index: on_step(i, event)) if on_step is not None else None
-        try:
+        with CallCounter(network_of(model)) as counter:
             start = time.perf_counter()
             result = model.generate(req, on_step=callback, cancel=cancel)
             seconds = time.perf_counter() - start
-        finally:
-            counter.close()
         image = result.images[0]
         yield FamilyRun(index=index, model_id=model_id, family=result.family, request=req, result=result,
                         seconds=seconds, network_evaluations=counter.calls, adherence=shapes_adherence(image, prompt),

@@ -20,6 +20,8 @@ EVALUATORS: dict[str, str] = {
     "shapes-clip": "pipelines.training.clip:evaluate_main",
     "shapes-ldm": "pipelines.evaluation.ldm:main",
     "shapes-vae": "pipelines.training.vae:evaluate_main",
+    "shapes-vqgan": "pipelines.evaluation.vqgan:main",
+    "families": "pipelines.evaluation.families:main",
 }
 
 

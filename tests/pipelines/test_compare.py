@@ -48,3 +48,19 @@ def test_matched_request_uses_each_models_defaults(four_families, tmp_path):
 def test_bad_budgets_say_why(value):
     with pytest.raises(ValueError, match="Network evaluations"):
         parse_nfe(value)
+
+
+def test_family_table_rows_count_evaluations_and_judge(four_families):
+    from pipelines.evaluation.families import evaluate_row, format_table
+    from pipelines.worlds import shapes
+
+    recipes = [r for r in shapes.eval_prompts() if not r.is_holdout][:2]
+    model_id, sd, folder = four_families[0]
+    row = evaluate_row(sd, folder, recipes, 3, "ddim")
+    assert row["network_evaluations"] == 3 and row["steps"] == 3 and row["scheduler"] == "ddim"
+    assert all(0 <= row[k] <= 1 for k in ("colour", "shape", "position", "all")) and row["seconds_per_image"] > 0
+    _, vq, vq_folder = four_families[3]
+    token = evaluate_row(vq, vq_folder, recipes, None, None)
+    assert token["network_evaluations"] == 16 and token["steps"] is None
+    table = format_table([row, token])
+    assert "ddim" in table and "vqgan_prior" in table and len(table.splitlines()) == 3

@@ -151,3 +151,18 @@ def test_large_vae_previews_use_taesd_when_on_disk(tiny_sd, tmp_path):
     images = taesd.decode(torch.randn(2, 4, 8, 8))
     assert len(images) == 2 and images[0].size == (64, 64)
     assert PreviewDecoder.for_vae(tiny_sd.pipe.vae, None, small_vae_params=0).mode == "linear"
+
+
+def test_swapped_ddim_and_ddpm_do_not_clip_latents_unless_the_model_says_so():
+    """DDIM/DDPM's class default clip_sample=True clips x0 to [-1, 1] (pixel models); a config without the
+    key (a DPM-Solver one, as the builtin model ships) must not switch it on for a latent model."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    from pipelines.schedulers import make_scheduler
+
+    dpm = DPMSolverMultistepScheduler(beta_schedule="scaled_linear").config
+    assert make_scheduler("ddim", dpm).config.clip_sample is False
+    assert make_scheduler("ddpm", dpm).config.clip_sample is False
+    pixel = DDIMScheduler(clip_sample=True).config  # a model that asks for clipping keeps it
+    assert make_scheduler("ddim", pixel).config.clip_sample is True
+    assert make_scheduler("euler", dpm).__class__.__name__ == "EulerDiscreteScheduler"
