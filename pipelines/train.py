@@ -26,6 +26,7 @@ TARGETS: dict[str, str] = {
     "dit": "pipelines.training.dit:main",
     "vqgan": "pipelines.training.vqgan:main",
     "prior": "pipelines.training.prior:main",
+    "flow": "pipelines.training.flow:main",
 }
 
 

@@ -54,3 +54,35 @@ def test_flow_options_and_refusals(tiny_flow):
         tiny_flow.generate(ImageRequest("x", num_inference_steps=1, guidance_rescale=0.5))
     with pytest.raises(ValueError, match="flow-match scheduler"):
         tiny_flow.generate(ImageRequest("x", num_inference_steps=1, scheduler="ddim"))
+
+
+def test_flow_target_trains_resumes_and_exports_an_sd3_folder_with_the_pipelines_conditioning(tmp_path):
+    """``python -m pipelines.train flow``: the exported folder loads as a flow model through the registry, and the
+    conditioning trained on equals what StableDiffusion3Pipeline.encode_prompt gives (CLIP block; zero T5 block)."""
+    import json
+
+    from pipelines.devices import resolve_device
+    from pipelines.families import load_model
+    from pipelines.registry import ModelRegistry
+    from pipelines.requests import ImageRequest
+    from pipelines.train import main as train_main
+
+    run = tmp_path / "flow"
+    args = ["flow", "--run-dir", str(run), "--random-text", "--pool", "32", "--hidden", "32", "--layers", "1",
+            "--head-dim", "16", "--batch-size", "4", "--steps", "4", "--checkpoint-every", "2", "--threads", "1"]
+    assert train_main([*args, "--stop-at", "2"])["steps_done"] == 2 and not (run / "pack").exists()
+    train_main([*args, "--resume"])
+    assert [json.loads(line)["step"] for line in (run / "loss.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    entry = ModelRegistry(builtin_dir=None, user_dir=tmp_path).get("local/flow/pack")
+    model = load_model(entry, resolve_device("cpu"))
+    assert entry.family == "flow_matching" and model.pipe.vae.config.shift_factor == 0.0
+    result = model.generate(ImageRequest("a red circle", num_inference_steps=3, guidance_scale=3.0))
+    assert result.images[0].size == (64, 64) and result.trajectory.num_steps == 3
+    table = torch.load(run / "captions.pt", weights_only=True)
+    embeds, _, pooled, _ = model.pipe.encode_prompt(prompt=["a red circle"], prompt_2=["a red circle"], prompt_3=None,
+                                                    do_classifier_free_guidance=False)
+    row = table["captions"].index("a red circle")
+    clip_len = table["embeds"].shape[1]
+    torch.testing.assert_close(embeds[0, :clip_len], table["embeds"][row])
+    torch.testing.assert_close(pooled[0], table["pooled"][row])
+    assert embeds.shape[1] == clip_len + 256 and embeds[0, clip_len:].abs().max() == 0  # the T5 block trained with
