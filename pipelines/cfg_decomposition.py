@@ -48,11 +48,13 @@ class CFGStep:
 def decompose(model: Any, req: ImageRequest) -> tuple[Any, list[CFGStep]]:
     """Run ``req`` (image 0 decomposed) and return ``(ImageResult, steps)``.
 
-    Raises ``ValueError`` when guidance is off (scale <= 1: there is no unconditional branch).
+    Raises ``ValueError`` when guidance is off (scale <= 1: there is no unconditional branch) or the
+    model predicts no noise (a token model: its ``denoiser`` property says why).
     """
     if not req.guidance_scale > 1:
         raise ValueError(f"Guidance scale {req.guidance_scale:g} runs the conditional branch alone: "
                          "there is nothing to decompose. Use a scale above 1.")
+    denoiser = model.denoiser
     pipe = model.pipe
     unet_outputs: list[torch.Tensor] = []
     scheduler_calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
@@ -74,7 +76,7 @@ def decompose(model: Any, req: ImageRequest) -> tuple[Any, list[CFGStep]]:
         scheduler.step = recording_step
         return scheduler
 
-    handle = model.denoiser.register_forward_hook(on_unet)
+    handle = denoiser.register_forward_hook(on_unet)
     model.scheduler_for = scheduler_for  # this run only (an instance attribute shadows the method)
     try:
         result = model.generate(req)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,9 @@ def export_pack(run_dir: Path, out: Path, vqgan_dir: Path, text: Path) -> Path:
     save_token_prior_folder(out, VQModel.from_pretrained(vqgan_dir, use_safetensors=True), prior,
                             CLIPTextModel.from_pretrained(text / "text_encoder", use_safetensors=True),
                             CLIPTokenizer.from_pretrained(text / "tokenizer"))
+    for part in ("text_encoder", "tokenizer"):  # the exact exported files (shared with the shapes-ldm when shipped)
+        shutil.rmtree(Path(out) / part)
+        shutil.copytree(text / part, Path(out) / part)
     (Path(out) / "training.json").write_text(json.dumps({"prior_step": int(state["step"]), **{
         k: v for k, v in state["extra"].items() if k != "prior_config"}}, indent=2))
     return Path(out)

@@ -125,3 +125,31 @@ def test_prior_trains_resumes_and_exports_a_loadable_folder(tmp_path):
     model = load_model(registry.get("local/prior/pack"), resolve_device("cpu"))
     result = model.generate(ImageRequest("a red circle", num_inference_steps=2, guidance_scale=2.0))
     assert result.images[0].size == (64, 64) and json.loads((run / "pack" / "training.json").read_text())["prior_step"] == 4
+
+
+def test_cfg_decomposition_refuses_a_token_model_with_the_reason(tiny_vq):
+    from pipelines.cfg_decomposition import decompose
+
+    with pytest.raises(ValueError, match="codebook ids, not noise"):
+        decompose(tiny_vq, ImageRequest("a red circle", num_inference_steps=2, guidance_scale=3.0))
+
+
+def test_ship_stores_fp16_and_links_components_shared_with_another_model(tiny_models_dir, tmp_path):
+    from safetensors import safe_open
+
+    from pipelines.training.ship import ship
+
+    other = tmp_path / "other"
+    other.mkdir()
+    import shutil
+
+    shutil.copytree(tiny_models_dir / "tiny-vqgan" / "tokenizer", other / "tokenizer")
+    dest = tmp_path / "models" / "shipped"
+    linked = ship(tiny_models_dir / "tiny-vqgan", dest, share=[other])
+    assert linked == ["tokenizer -> ../../other/tokenizer"] and (dest / "tokenizer").is_symlink()
+    with safe_open(str(dest / "prior" / "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    model = load_model(ModelRegistry(builtin_dir=None, user_dir=tmp_path / "models").get("local/shipped"),
+                       resolve_device("cpu"))
+    assert model.prior.dtype == torch.float32  # loads at the device's dtype
+    assert model.generate(ImageRequest("a red circle", num_inference_steps=1)).images[0].size == (16, 16)
