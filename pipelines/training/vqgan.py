@@ -59,6 +59,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disc-start", type=int, default=2000, help="step at which the adversarial loss starts")
     parser.add_argument("--disc-weight", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--restart-every", type=int, default=100,
+                        help="steps between dead-code restarts (0: off)")
+
+
+def restart_dead_codes(vq: Any, usage: torch.Tensor, latents: torch.Tensor, generator: torch.Generator) -> int:
+    """Codebook restart (Dhariwal et al. 2020, Jukebox; Zeghidour et al. 2021): every code unused since the
+    last restart is moved onto a random encoder output of the current batch, so the codebook stays in use
+    instead of collapsing onto a few dozen vectors. Returns how many codes moved."""
+    dead = (usage == 0).nonzero().flatten()
+    if len(dead) == 0:
+        return 0
+    vectors = latents.detach().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    picks = torch.randint(len(vectors), (len(dead),), generator=generator)
+    with torch.no_grad():
+        vq.quantize.embedding.weight[dead] = vectors[picks] + 1e-3 * torch.randn(len(dead), vectors.shape[1],
+                                                                                 generator=generator)
+    return len(dead)
 
 
 def tokenize(vq: Any, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
@@ -112,14 +129,17 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                                                     indent=2))
     stop = min(args.steps, args.stop_at) if args.stop_at is not None else args.steps
     bar = common.progress(args.steps, initial=start, desc="vqgan")
+    usage = torch.zeros(args.codebook, dtype=torch.long)  # code counts since the last restart
     t0 = time.time()
     for step in range(start, stop):
         lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=0.05)
         common.set_lr(opt, lr)
         common.set_lr(opt_d, lr)
         x = to_tensor(render_renders(int(common.step_rng(args.seed, step).integers(2**62)), args.batch_size))
-        out = vq(x)
-        recon, commit = out.sample, out.commit_loss.mean()
+        h = vq.encode(x).latents
+        quant, commit, (_, _, ids) = vq.quantize(h)  # what vq(x) does, keeping the ids
+        recon = vq.decode(quant, force_not_quantize=True).sample
+        usage += torch.bincount(ids.flatten(), minlength=len(usage))
         l1, l2 = F.l1_loss(recon, x), F.mse_loss(recon, x)
         loss = l1 + l2 + commit
         adversarial = step >= args.disc_start
@@ -138,6 +158,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             d_loss.backward()
             opt_d.step()
             parts["d"] = d_loss.item()
+        if args.restart_every and (step + 1) % args.restart_every == 0 and step + 1 < args.disc_start:
+            parts["restarted"] = restart_dead_codes(vq, usage, h, torch.Generator().manual_seed(args.seed + step))
+            usage.zero_()
         log.log(step + 1, loss=loss.item(), lr=lr, **parts)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
