@@ -5,17 +5,19 @@ are small enough that fp16 storage changes no judged result, which the evaluatio
 the shipped copy). Components whose files are byte-identical to a component of ``--share`` (another
 shipped model, e.g. the shapes-ldm's text encoder and tokenizer) or to another component of the same
 folder (SD3's two CLIP slots) become relative symlinks instead of second copies, so every family can
-ship the shared mini-CLIP text tower once.
+ship the shared mini-CLIP text tower once. "Identical" means :func:`equivalent`: the same bytes, or the
+same tensors with configs equal up to version bookkeeping, or tokenizers giving the same ids.
 """
 from __future__ import annotations
 
 import argparse
 import filecmp
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 SHAREABLE = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae")
 
@@ -35,14 +37,47 @@ def to_fp16(folder: Path) -> None:
         save_file(tensors, str(path), metadata=meta)
 
 
-def same_files(a: Path, b: Path) -> bool:
-    """Two component folders with the same file names and byte-identical contents."""
+IGNORED_CONFIG_KEYS = {"dtype", "torch_dtype", "transformers_version", "_diffusers_version", "_name_or_path"}
+
+
+def _tensors(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    out: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(str(path)))
+    return out
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return {k: v for k, v in data.items() if k not in IGNORED_CONFIG_KEYS}
+
+
+def equivalent(a: Path, b: Path) -> bool:
+    """Two component folders that load to the same thing: byte-identical files; or the same weights (values
+    and dtypes) with configs equal up to version/dtype bookkeeping; or tokenizers (no weights) that give the
+    same ids for every caption of the Shapes grammar."""
     if not (a.is_dir() and b.is_dir()):
         return False
     names = sorted(p.name for p in a.iterdir() if p.is_file())
-    if names != sorted(p.name for p in b.iterdir() if p.is_file()):
+    if names == sorted(p.name for p in b.iterdir() if p.is_file()) and all(
+            filecmp.cmp(a / n, b / n, shallow=False) for n in names):
+        return True
+    ta, tb = _tensors(a), _tensors(b)
+    if ta or tb:
+        same = ta.keys() == tb.keys() and all(ta[k].dtype == tb[k].dtype and ta[k].equal(tb[k]) for k in ta)
+        return same and _config(a) == _config(b)
+    try:
+        from transformers import CLIPTokenizer
+
+        from pipelines.training.latents import all_captions
+
+        captions = all_captions(include_holdout=True)
+        return CLIPTokenizer.from_pretrained(a)(captions).input_ids == CLIPTokenizer.from_pretrained(b)(captions).input_ids
+    except (OSError, ValueError):
         return False
-    return all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
 
 
 def link(component: Path, target: Path) -> None:
@@ -63,7 +98,7 @@ def ship(src: Path, dest: Path, share: Sequence[Path] = (), fp16: bool = True) -
         if not comp.is_dir() or comp.is_symlink():
             continue
         for candidate in [*(Path(s) / name for s in share), *(dest / other for other in SHAREABLE if other != name)]:
-            if candidate.resolve() != comp.resolve() and same_files(comp, candidate.resolve()):
+            if candidate.resolve() != comp.resolve() and equivalent(comp, candidate.resolve()):
                 link(comp, candidate)
                 linked.append(f"{name} -> {os.readlink(comp)}")
                 break

@@ -153,3 +153,26 @@ def test_ship_stores_fp16_and_links_components_shared_with_another_model(tiny_mo
                        resolve_device("cpu"))
     assert model.prior.dtype == torch.float32  # loads at the device's dtype
     assert model.generate(ImageRequest("a red circle", num_inference_steps=1)).images[0].size == (16, 16)
+
+
+def test_equivalent_components_ignore_bookkeeping_but_not_weights(tiny_models_dir, tmp_path):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from pipelines.training.ship import equivalent
+
+    src = tiny_models_dir / "tiny-vqgan" / "text_encoder"
+    copy = tmp_path / "te"
+    shutil.copytree(src, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(cfg | {"dtype": "float16", "transformers_version": "0"}))
+    assert equivalent(src, copy)
+    weights = next(copy.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    key = next(iter(tensors))
+    tensors[key] = tensors[key] + 1
+    save_file(tensors, str(weights))
+    assert not equivalent(src, copy)
+    assert equivalent(tiny_models_dir / "tiny-vqgan" / "tokenizer", tiny_models_dir / "tiny-sd" / "tokenizer")
