@@ -141,6 +141,39 @@ class TimeBudget:
         return total
 
 
+def fit_budget(budget: "TimeBudget", steps_done: int, args: Any, bar: Any, extra: dict[str, Any], stop: int) -> int:
+    """After ``steps_done`` steps: when ``--time-budget`` cuts the run, shorten ``args.steps`` (so the cosine
+    schedule ends on time), the bar and the checkpoint's record; returns the (new) step to stop after."""
+    fitted = budget.total(steps_done, args.steps)
+    if fitted >= args.steps:
+        return stop
+    print(f"time budget: {fitted} steps fit (asked {args.steps})")
+    args.steps = bar.total = extra["steps"] = fitted
+    return min(stop, fitted)
+
+
+def stopped_early(stop: int, args: Any) -> bool:
+    """True (and says how to go on) when the run stopped before its last step (``--stop-at``)."""
+    if stop < args.steps:
+        print(f"stopped at step {stop}/{args.steps}; resume with --resume")
+        return True
+    return False
+
+
+def load_trained(model: torch.nn.Module, state: dict[str, Any], use_ema: bool = True) -> torch.nn.Module:
+    """Load a checkpoint's weights into ``model``, then its EMA average over them (what ships)."""
+    model.load_state_dict(state["model"])
+    if use_ema and state.get("ema") is not None:
+        model.load_state_dict(dict(state["ema"]["shadow"]), strict=False)
+    return model
+
+
+def write_training_info(out: Path, state: dict[str, Any], config_key: str, step_key: str = "step") -> None:
+    """``<out>/training.json``: the exported checkpoint's step and its record (minus the network config)."""
+    info = {step_key: int(state["step"]), **{k: v for k, v in state["extra"].items() if k != config_key}}
+    (Path(out) / "training.json").write_text(json.dumps(info, indent=2))
+
+
 class Checkpointer:
     """Save every ``every`` steps to ``run_dir/checkpoint.pt`` (atomic); resume with weights_only loading."""
 

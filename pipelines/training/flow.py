@@ -123,12 +123,8 @@ def export_pack(run_dir: Path, out: Path, vae_dir: Path, text: Path) -> Path:
 
     state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     model = SD3Transformer2DModel(**json.loads(state["extra"]["transformer_config"]))
-    model.load_state_dict(state["model"])
-    if state.get("ema") is not None:
-        model.load_state_dict(dict(state["ema"]["shadow"]), strict=False)
-    build_pipeline(model, vae_dir, text).save_pretrained(out, safe_serialization=True)
-    (Path(out) / "training.json").write_text(json.dumps({"step": int(state["step"]), **{
-        k: v for k, v in state["extra"].items() if k != "transformer_config"}}, indent=2))
+    build_pipeline(common.load_trained(model, state), vae_dir, text).save_pretrained(out, safe_serialization=True)
+    common.write_training_info(out, state, "transformer_config")
     return Path(out)
 
 
@@ -203,10 +199,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         log.log(step + 1, loss=loss_value, lr=lr, grad_norm=gnorm)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-        fitted = budget.total(step + 1, args.steps)
-        if fitted < args.steps:
-            print(f"time budget: {fitted} steps fit (asked {args.steps})")
-            args.steps, stop, bar.total, extra["steps"] = fitted, min(stop, fitted), fitted, fitted
+        stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
         if ckpt.due(step + 1) or step + 1 == stop:
             ema.decay = args.ema_decay
             ckpt.save(step + 1, model, optimizer, ema, extra=extra)
@@ -214,8 +207,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             break
     bar.close()
     result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
-    if stop < args.steps:
-        print(f"stopped at step {stop}/{args.steps}; resume with --resume")
+    if common.stopped_early(stop, args):
         return result
     export_pack(run_dir, Path(args.out) if args.out is not None else run_dir / "pack", Path(args.vae_dir), text)
     print(json.dumps(result))

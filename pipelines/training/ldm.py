@@ -138,12 +138,8 @@ def export_unet(run_dir: Path, out: Path, use_ema: bool = True) -> Path:
 
     state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     unet = UNet2DConditionModel(**json.loads(state["extra"]["unet_config"]))
-    unet.load_state_dict(state["model"])
-    if use_ema and state.get("ema") is not None:
-        unet.load_state_dict({k: v for k, v in state["ema"]["shadow"].items()}, strict=False)
-    unet.save_pretrained(out, safe_serialization=True)
-    (Path(out) / "training.json").write_text(json.dumps({"step": int(state["step"]), **{
-        k: v for k, v in state["extra"].items() if k != "unet_config"}}, indent=2))
+    common.load_trained(unet, state, use_ema).save_pretrained(out, safe_serialization=True)
+    common.write_training_info(out, state, "unet_config")
     return Path(out)
 
 
@@ -266,13 +262,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         log.log(step + 1, loss=loss_value, mse=per.mean().item(), lr=lr, grad_norm=gnorm)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
-        fitted = budget.total(step + 1, args.steps)
-        if fitted < args.steps:  # the time budget cut the run: the schedule ends at the new total
-            print(f"time budget: {fitted} steps fit (asked {args.steps})")
-            args.steps = fitted
-            stop = min(stop, fitted)
-            bar.total = fitted
-            extra["steps"] = fitted
+        stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
         if ckpt.due(step + 1) or step + 1 == stop:
             ema.decay = args.ema_decay
             ckpt.save(step + 1, unet, optimizer, ema, extra=extra)
@@ -280,8 +270,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             break
     bar.close()
     result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
-    if stop < args.steps:
-        print(f"stopped at step {stop}/{args.steps}; resume with --resume")
+    if common.stopped_early(stop, args):
         return result
     export_unet(run_dir, Path(args.out) if args.out is not None else run_dir / "unet")
     print(json.dumps(result))

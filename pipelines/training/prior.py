@@ -85,17 +85,14 @@ def export_pack(run_dir: Path, out: Path, vqgan_dir: Path, text: Path) -> Path:
 
     state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     prior = TokenPriorTransformer(**json.loads(state["extra"]["prior_config"]))
-    prior.load_state_dict(state["model"])
-    if state.get("ema") is not None:
-        prior.load_state_dict(state["ema"]["shadow"], strict=False)
+    common.load_trained(prior, state)
     save_token_prior_folder(out, VQModel.from_pretrained(vqgan_dir, use_safetensors=True), prior,
                             CLIPTextModel.from_pretrained(text / "text_encoder", use_safetensors=True),
                             CLIPTokenizer.from_pretrained(text / "tokenizer"))
     for part in ("text_encoder", "tokenizer"):  # the exact exported files (shared with the shapes-ldm when shipped)
         shutil.rmtree(Path(out) / part)
         shutil.copytree(text / part, Path(out) / part)
-    (Path(out) / "training.json").write_text(json.dumps({"prior_step": int(state["step"]), **{
-        k: v for k, v in state["extra"].items() if k != "prior_config"}}, indent=2))
+    common.write_training_info(out, state, "prior_config", step_key="prior_step")
     return Path(out)
 
 
@@ -164,8 +161,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             ckpt.save(step + 1, prior, optimizer, ema, extra=extra)
     bar.close()
     result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
-    if stop < args.steps:
-        print(f"stopped at step {stop}/{args.steps}; resume with --resume")
+    if common.stopped_early(stop, args):
         return result
     export_pack(run_dir, Path(args.out) if args.out is not None else run_dir / "pack", vqgan_dir, text)
     print(json.dumps(result))
