@@ -1,7 +1,7 @@
 """Train the shapes-vqgan token prior: ``python -m pipelines.train prior``.
 
-The second stage of "Taming Transformers" (Esser et al. 2021): the trained VQGAN (``--vqgan-dir``,
-from ``python -m pipelines.train vqgan``) turns a pool of training renders (hold-out pairs excluded)
+The second stage of "Taming Transformers" (Esser et al. 2021): the trained VQGAN (``--vqgan-dir``:
+the shipped ``assets/tokenizers/shapes-vqgan``, made by ``python -m pipelines.train vqgan``) turns a pool of training renders (hold-out pairs excluded)
 into 16x16 grids of codebook ids once; a :class:`pipelines.token_prior.TokenPriorTransformer` learns
 ``p(t_i | t_<i, text)`` by next-token cross-entropy in raster order (teacher forcing), reading the
 frozen shapes-clip text encoder's per-token states through cross-attention, exactly as the
@@ -32,7 +32,7 @@ from pipelines.training.ldm import prepare_text, sample_captions
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(steps=3000, batch_size=64, lr=1e-3, checkpoint_every=200)
-    parser.add_argument("--vqgan-dir", type=Path, default=Path("runs/vqgan/vqgan"))
+    parser.add_argument("--vqgan-dir", type=Path, default=Path("assets/tokenizers/shapes-vqgan"))
     parser.add_argument("--clip-dir", type=Path, default=Path("assets/clip/shapes-clip"))
     parser.add_argument("--random-text", action="store_true", help="random-weight text encoder (tests)")
     parser.add_argument("--pool", type=int, default=40_000, help="renders tokenized for training")

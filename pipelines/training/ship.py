@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-SHAREABLE = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae")
+SHAREABLE = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae", "vqvae")
 
 
 def to_fp16(folder: Path) -> None:
@@ -86,22 +86,27 @@ def link(component: Path, target: Path) -> None:
 
 
 def ship(src: Path, dest: Path, share: Sequence[Path] = (), fp16: bool = True) -> list[str]:
-    """Copy ``src`` to ``dest`` (replacing it); returns the components turned into symlinks."""
+    """Copy ``src`` to ``dest`` (replacing it), link shared components, store the rest as fp16; returns the
+    components turned into symlinks (a linked component keeps the dtype of what it links to)."""
     if dest.exists() or dest.is_symlink():
         shutil.rmtree(dest)
     shutil.copytree(src, dest, symlinks=False)
-    if fp16:
-        to_fp16(dest)
     linked = []
     for name in SHAREABLE:
         comp = dest / name
         if not comp.is_dir() or comp.is_symlink():
             continue
-        for candidate in [*(Path(s) / name for s in share), *(dest / other for other in SHAREABLE if other != name)]:
+        targets = [Path(s) / name for s in share] + [Path(s) for s in share if Path(s).name == name]
+        targets += [dest / other for other in SHAREABLE if other != name and not (dest / other).is_symlink()]
+        for candidate in targets:
             if candidate.resolve() != comp.resolve() and equivalent(comp, candidate.resolve()):
                 link(comp, candidate)
                 linked.append(f"{name} -> {os.readlink(comp)}")
                 break
+    if fp16:
+        for comp in dest.iterdir():
+            if comp.is_dir() and not comp.is_symlink():
+                to_fp16(comp)
     return linked
 
 
@@ -109,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pipelines.training.ship", description=__doc__.splitlines()[0])
     p.add_argument("src", type=Path)
     p.add_argument("dest", type=Path)
-    p.add_argument("--share", type=Path, action="append", default=[], help="a shipped model folder to share with")
+    p.add_argument("--share", type=Path, action="append", default=[],
+                   help="a shipped model folder (or component folder named like the component) to share with")
     p.add_argument("--keep-fp32", action="store_true")
     args = p.parse_args(argv)
     if not (args.src / "model_index.json").is_file():
