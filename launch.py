@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     except (GalleryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from studio.app import CSS, build_app
+    from studio.app import CSS, HEAD, build_app
 
     demo = build_app(services)
     print(f"Studio: {len(services.registry.entries())} model(s), gallery {settings.gallery_dir.resolve()}")
     demo.launch(server_name=settings.host, server_port=settings.port, inbrowser=settings.open_browser,
                 allowed_paths=[str(Path(settings.gallery_dir).resolve() / "media")], show_error=True,
-                footer_links=["api", "settings"], css=CSS)
+                footer_links=["api", "settings"], css=CSS, head=HEAD)
     return 0
 
 

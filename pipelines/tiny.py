@@ -145,3 +145,40 @@ def build_tiny_vqgan_prior(folder: Path, *, seed: int = 0, codebook: int = 32, g
         f.unlink()
     tok_dir.rmdir()
     return Path(folder)
+
+
+def build_tiny_open_clip_vit(folder: Path, *, seed: int = 0) -> Path:
+    """A random-weight open_clip ViT (32 px images, 8 px patches) in open_clip's hub layout
+    (``open_clip_config.json`` + ``open_clip_model.safetensors``), as ``local-dir:`` loads it."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    cfg = {"embed_dim": 32, "quick_gelu": False,
+           "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**{k: v for k, v in cfg.items()})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": cfg, "preprocess_cfg": {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}}, indent=2))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def build_tiny_hf_clip(folder: Path, *, seed: int = 0) -> Path:
+    """A random-weight transformers ``CLIPModel`` folder (30 px images) with its tokenizer and image processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": 49407},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 30, "patch_size": 6},
+        projection_dim=24)
+    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
+    write_hf_clip_tokenizer(folder)
+    CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(folder)
+    return folder

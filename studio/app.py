@@ -5,6 +5,7 @@ import gradio as gr
 
 from .services import Services
 from .tabs.gallery import build_gallery_tab
+from .tabs.embedding_map import HEAD as EMBEDDING_HEAD, build_embedding_map_tab
 from .tabs.generate import build_generate_tab
 from .tabs.guidance import build_guidance_tab
 
@@ -14,6 +15,7 @@ CSS = """
 .pixel-view img { width: 100% !important; height: 100% !important; object-fit: contain; image-rendering: pixelated; }
 #gallery-grid img, #generate-result img { image-rendering: pixelated; }
 """
+HEAD = EMBEDDING_HEAD  # scripts for launch(head=...): the embedding map's hover thumbnails and clicks
 
 
 def build_app(services: Services) -> gr.Blocks:
@@ -25,9 +27,14 @@ def build_app(services: Services) -> gr.Blocks:
                 generate = build_generate_tab(services)
             with gr.Tab("Guidance Explorer", id="guidance"):
                 guidance = build_guidance_tab(services, tabs)
+            with gr.Tab("Embedding Map", id="embedding"):
+                embedding = build_embedding_map_tab(services)
             with gr.Tab("Gallery", id="gallery"):
                 gallery = build_gallery_tab(services, generate, tabs, guidance)
         refresh_fn, refresh_inputs, refresh_outputs = gallery["refresh"]
+        open_fn, open_outputs = gallery["open"]
+        embedding.open_button.click(open_fn, embedding.clicked, open_outputs, api_name="open_generation",
+                                    concurrency_limit=None)
         choices_fn, choices_outputs = gallery["choices"]
         # After every finished generation and on every page load the gallery shows the newest items.
         for finished in [generate.finished, generate.compared, *guidance.finished]:

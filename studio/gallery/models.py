@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -130,3 +130,30 @@ class PromptHistory(Base):
     def __repr__(self) -> str:
         """Short debugging representation."""
         return f"<PromptHistory id={self.id} times_used={self.times_used}>"
+
+
+class EmbeddingRow(Base):
+    """A cached unit embedding: one model (name + weights digest) × one item (image pixels or text)."""
+
+    __tablename__ = "embeddings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_key: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(8))  # "image" | "text"
+    item_key: Mapped[str] = mapped_column(String(64))  # media file digest or text sha256
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian
+
+    __table_args__ = (UniqueConstraint("model_key", "kind", "item_key", name="uq_embeddings_item"),)
+
+
+class ProjectionRow(Base):
+    """A cached 2-D/3-D map: ``key`` digests the model, method, parameters and the exact item set."""
+
+    __tablename__ = "projections"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    n: Mapped[int] = mapped_column(Integer)
+    dims: Mapped[int] = mapped_column(Integer)
+    coords: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (n, dims)

@@ -126,6 +126,22 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
     detail_outputs = [detail_image, detail_status, detail_params, d_noisy, d_x0, d_step, fav_btn]
     grid.select(on_select, page_ids, [selected] + detail_outputs + [open_group_btn], concurrency_limit=None,
                 api_visibility="private")
+
+    def open_item(gen_id):
+        """Show generation ``gen_id`` (from another tab: a click on the Embedding Map) and switch here."""
+        try:
+            gen_id = int(str(gen_id).strip())
+        except ValueError:
+            raise gr.Error(f"No gallery item {gen_id!r}.") from None
+        row = gallery.get(gen_id)
+        if row is None:
+            raise gr.Error(f"Gallery item #{gen_id} no longer exists.")
+        group = gallery.get_group(row.group_id) if row.group_id is not None else None
+        in_group = group is not None and group.kind in SWEEP_KINDS
+        label = f"Open its sweep #{row.group_id} in the Guidance Explorer" if in_group else ""
+        return (gen_id, *show([], gen_id, row.trajectory_frames or 1),
+                gr.Button(visible=in_group and guidance is not None, value=label), gr.Tabs(selected="gallery"))
+
     if guidance is not None:
         def open_group(gen_id):
             row = gallery.get(gen_id) if gen_id is not None else None
@@ -185,7 +201,8 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
         return found
 
     png_file.upload(read_png, png_file, png_params, queue=False, api_visibility="private")
-    return {"refresh": (load_page, filters + [page], page_outputs), "choices": (refresh_choices, [model, family])}
+    return {"refresh": (load_page, filters + [page], page_outputs), "choices": (refresh_choices, [model, family]),
+            "open": (open_item, [selected] + detail_outputs + [open_group_btn, tabs])}
 
 
 def _trajectory(gallery, row, step: int) -> tuple[Image.Image | None, Image.Image | None, int]:
