@@ -182,3 +182,22 @@ def build_tiny_hf_clip(folder: Path, *, seed: int = 0) -> Path:
     write_hf_clip_tokenizer(folder)
     CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(folder)
     return folder
+
+
+def build_tiny_t5_tokenizer(folder: Path, model_max_length: int = 16) -> Path:
+    """A SentencePiece-style (Unigram) ``T5TokenizerFast`` trained on Shapes captions: T5's pieces ("▁" marks
+    a word start), ``</s>`` appended, ``<pad>`` id 0; saved as an SD3 folder's ``tokenizer_3`` would be."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import T5TokenizerFast
+
+    corpus = ["a small red circle in the top left on a black background", "a large blue star moving right",
+              "a green triangle at the bottom on a white background"] * 20
+    sp = SentencePieceUnigramTokenizer()
+    sp.train_from_iterator(corpus, vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    inner = sp._tokenizer
+    inner.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok = T5TokenizerFast(tokenizer_object=inner, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                          extra_ids=0, model_max_length=model_max_length)
+    tok.save_pretrained(folder)
+    return folder

@@ -8,6 +8,7 @@ from .tabs.gallery import build_gallery_tab
 from .tabs.embedding_map import HEAD as EMBEDDING_HEAD, build_embedding_map_tab
 from .tabs.generate import build_generate_tab
 from .tabs.guidance import build_guidance_tab
+from .tabs.tokenizer_viewer import build_tokenizer_viewer_tab
 
 TITLE = "Multimodal Studio"
 # Small models make small images (64 px): show them large and crisp instead of tiny or blurred.
@@ -29,6 +30,8 @@ def build_app(services: Services) -> gr.Blocks:
                 guidance = build_guidance_tab(services, tabs)
             with gr.Tab("Embedding Map", id="embedding"):
                 embedding = build_embedding_map_tab(services)
+            with gr.Tab("Tokenizer Viewer", id="tokenizer"):
+                build_tokenizer_viewer_tab(services)
             with gr.Tab("Gallery", id="gallery"):
                 gallery = build_gallery_tab(services, generate, tabs, guidance)
         refresh_fn, refresh_inputs, refresh_outputs = gallery["refresh"]

@@ -66,7 +66,7 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
                 delete_btn = gr.Button("🗑 Delete", variant="stop")
             open_group_btn = gr.Button("Open its sweep in the Guidance Explorer", visible=False,
                                        elem_id="gallery-open-sweep")
-            detail_status = gr.Markdown("Select an item.")
+            detail_status = gr.Markdown("Select an item.", elem_id="gallery-detail-status")
         with gr.Column(scale=3):
             d_step = gr.Slider(1, 2, value=1, step=1, label="Trajectory step")
             with gr.Row():

@@ -81,3 +81,39 @@ def test_a_small_guidance_sweep_in_the_browser_shows_the_grid_and_the_plots(stud
     page.wait_for_function("document.querySelector('#guidance-status').innerText.includes('Reopened')",
                            timeout=30_000)
     assert page.locator("#guidance-grid img").count() == 2
+
+
+def test_embedding_map_and_tokenizer_viewer_in_the_browser(studio, page):
+    from gradio_client import Client
+
+    client = Client(studio.url, verbose=False)
+    gallery_ids = client.predict("local/tiny-sd", "a green star", "", 2, 5.0, 99, 16, 16, "euler", 1,
+                                 api_name="/generate")[3]["gallery_ids"]
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Embedding Map").click()
+    page.get_by_label("PCA").check()
+    page.locator("#embedding-build").click()
+    page.wait_for_selector("#embedding-plot .js-plotly-plot .scatterlayer .point", timeout=90_000)
+    assert "points" in page.locator("#embedding-status").inner_text()
+    # Hover shows the thumbnail; a click on an image point opens that generation in the Gallery tab.
+    point = page.locator("#embedding-plot .scatterlayer .trace").last.locator(".point").first
+    box = point.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#embedding-tip", state="visible", timeout=10_000)
+    assert page.locator("#embedding-tip").inner_text().strip() != ""
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("document.querySelector('[role=tab][aria-selected=true]').innerText.includes('Gallery')",
+                           timeout=30_000)
+    page.wait_for_function("/#\\d+ · /.test(document.querySelector('#gallery-detail-status').innerText)",
+                           timeout=30_000)
+
+    page.get_by_role("tab", name="Tokenizer Viewer").click()
+    page.locator("#tok-text textarea").fill("a small red circle in the top left on a black background")
+    page.locator("#tok-run").click()
+    page.wait_for_selector("#tok-view .tok-chip", timeout=30_000)
+    assert "circle" in page.locator("#tok-view").inner_text() and "limit" in page.locator("#tok-view").inner_text()
+    page.get_by_role("tab", name="VQGAN codes").click()
+    page.locator("#vq-gen input").fill(str(gallery_ids[0]))
+    page.locator("#vq-run").click()
+    page.wait_for_selector("#vq-grid table td", timeout=30_000)
+    assert page.locator("#vq-grid td").count() == 256
