@@ -316,6 +316,20 @@ class Gallery:
             raise KeyError(gen_id)
         return self.store.resolve(row.media_path), row.media_type
 
+    def load_image(self, gen_id: Any) -> Image.Image:
+        """The RGB image of gallery item ``gen_id``; ValueError with a message for anything else."""
+        try:
+            row = self.get(int(gen_id))
+        except (TypeError, ValueError):
+            raise ValueError(f"{gen_id!r} is not a gallery item number.") from None
+        if row is None or row.media_type != "image":
+            raise ValueError(f"Gallery item #{gen_id} is not an image in the gallery.")
+        try:
+            with Image.open(self.store.resolve(row.media_path)) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"The file of gallery item #{gen_id} cannot be read ({exc}).") from None
+
     def integrity_check(self) -> str:
         """``"ok"`` when the database (and FTS index on SQLite) is consistent."""
         if self.engine.dialect.name != "sqlite":

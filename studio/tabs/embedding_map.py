@@ -25,6 +25,7 @@ SYMBOLS = {"image": "circle", "prompt": "diamond", "text": "square", "upload": "
 SYMBOLS_3D = {"image": "circle", "prompt": "diamond", "text": "square", "upload": "diamond-open"}
 DEFAULT_LABELS = "red, orange, yellow, green, cyan, blue, purple, pink"
 MAX_UPLOADS = 64
+WEBGL_ABOVE = 5000
 
 # Hover thumbnails and click-to-open for the plotly map (gr.Plot has no click event of its own): a
 # listener on each rendered plot shows the point's thumbnail beside the cursor and, on click, writes
@@ -84,7 +85,8 @@ def map_figure(service: EmbeddingMapService, result: MapResult, colour_by: str, 
     """The scatter: colour by ``colour_by`` (legend per category; a colour bar for guidance), symbol by kind."""
     pts, xyz = result.points, result.coords
     three = result.dims == 3
-    scatter = go.Scatter3d if three else go.Scatter
+    # WebGL beyond a few thousand points (SVG markers get slow); same events, same hover and click.
+    scatter = go.Scatter3d if three else (go.Scattergl if len(pts) > WEBGL_ABOVE else go.Scatter)
     values = [service.category(p, colour_by) for p in pts]
     fig = go.Figure()
     if lines:  # prompt -> image segments
@@ -232,11 +234,10 @@ def build_embedding_map_tab(services: Services) -> EmbeddingMapTab:
         control.change(recolour, [current, colour_by, lines], plot, api_visibility="private")
 
     def gallery_image(gen_id) -> Image.Image:
-        row = services.gallery.get(int(gen_id)) if gen_id not in (None, "") else None
-        if row is None or row.media_type != "image":
-            raise gr.Error(f"Gallery item #{gen_id} is not an image in the gallery.")
-        with Image.open(services.gallery.store.resolve(row.media_path)) as im:
-            return im.convert("RGB")
+        try:
+            return services.gallery.load_image(gen_id)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
 
     def classify(model_id, image, gen_id, labels, template):
         if image is None and gen_id in (None, ""):

@@ -126,11 +126,10 @@ def build_tokenizer_viewer_tab(services: Services) -> dict[str, Any]:
     gr.HTML(f"<style>{TOKEN_CSS}</style>", padding=False)
 
     def gallery_image(gen_id) -> Image.Image:
-        row = services.gallery.get(int(gen_id)) if gen_id not in (None, "") else None
-        if row is None or row.media_type != "image":
-            raise gr.Error(f"Gallery item #{gen_id} is not an image in the gallery.")
-        with Image.open(services.gallery.store.resolve(row.media_path)) as im:
-            return im.convert("RGB")
+        try:
+            return services.gallery.load_image(gen_id)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
 
     def pick_image(image, gen_id) -> Image.Image:
         if image is not None:

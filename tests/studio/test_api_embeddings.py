@@ -39,6 +39,8 @@ def test_probes(client, gen_ids):
     _, note = client.predict("builtin/shapes-clip", None, gen_ids[0], "red, blue, green", "a {} shape",
                              api_name="/zero_shot")
     assert "resized from 16x16 to 64x64" in note
+    with pytest.raises(Exception, match="#999999 is not an image in the gallery"):
+        client.predict("builtin/shapes-clip", None, 999999, "red, blue", "{}", api_name="/zero_shot")
     with pytest.raises(Exception, match="two labels"):
         client.predict("builtin/shapes-clip", None, gen_ids[0], "red", "{}", api_name="/zero_shot")
 

@@ -62,7 +62,8 @@ def test_migration_creates_tables_and_fts(tmp_path: Path) -> None:
     assert {"params", "trajectory_frames", "favourite", "tags", "media_path"} <= columns
     indexed = {i["column_names"][0] for i in inspect(engine).get_indexes("generations")}
     assert {"created_at", "media_type", "family", "model_id", "guidance", "favourite"} <= indexed
-    assert current_revision(engine) == head_revision() == "0002"
+    assert {"embeddings", "projections"} <= tables  # the Embedding Map caches (0003)
+    assert current_revision(engine) == head_revision() == "0003"
     engine.dispose()
 
 
