@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     from studio.app import CSS, HEAD, build_app
 
     demo = build_app(services)
+    from pipelines.embedding_space import start_umap_warm_up
+
+    start_umap_warm_up()  # compiles UMAP's kernels (~50 s of one core, low priority) for the Embedding Map
     print(f"Studio: {len(services.registry.entries())} model(s), gallery {settings.gallery_dir.resolve()}")
     demo.launch(server_name=settings.host, server_port=settings.port, inbrowser=settings.open_browser,
                 allowed_paths=[str(Path(settings.gallery_dir).resolve() / "media")], show_error=True,

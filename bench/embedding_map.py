@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--gallery", type=Path, default=Path(tempfile.gettempdir()) / "studio-bench-embedding-gallery")
     parser.add_argument("--method", default="umap", choices=("umap", "tsne", "pca"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cold", action="store_true",
+                        help="skip the UMAP warm-up the studio does at launch (the first open then compiles it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -66,6 +68,11 @@ def main() -> None:
         s.query(EmbeddingRow).delete()
         s.query(ProjectionRow).delete()
 
+    warm = 0.0
+    if not args.cold and args.method == "umap":
+        from pipelines.embedding_space import warm_up_umap
+
+        warm = warm_up_umap(nice=0)  # what launch.py starts in the background
     service = EmbeddingMapService(gallery)
     t0 = time.perf_counter()
     first = service.build_map(BUILTIN_CLIP_ID, args.method, 2)
@@ -84,8 +91,10 @@ def main() -> None:
           f"{sum(p.kind == 'prompt' for p in first.points)} distinct prompts), builtin mini-CLIP, "
           f"{args.method.upper()} 2-D, {args.threads} threads")
     print(f"{'open':34s}{'seconds':>10s}")
+    if warm:
+        print(f"{'UMAP warm-up (at launch, background)':34s}{warm:10.2f}")
     print(f"{'first (load, embed all, project)':34s}{t_first:10.2f}   (embedding {s['embed_seconds']:.2f} s, "
-          f"projection {t_first - s['embed_seconds']:.2f} s)")
+          f"projection {t_first - s['embed_seconds']:.2f} s{', UMAP compiled in it' if args.cold else ''})")
     print(f"{'second (same process)':34s}{t_second:10.2f}")
     print(f"{'second (new service, DB caches)':34s}{t_third:10.2f}")
     print(f"goal: first < 60 s -> {'met' if t_first < 60 else 'NOT met'}")

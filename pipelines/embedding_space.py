@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -230,6 +232,40 @@ def project(vectors: np.ndarray, method: str, dims: int = 2, seed: int = 0,
     reducer = umap.UMAP(n_components=dims, n_neighbors=max(2, min(neighbours, n - 1)), metric="cosine",
                         init="spectral" if n > dims + 2 else "random", n_jobs=2)
     return reducer.fit_transform(x).astype(np.float32)
+
+
+_WARM_LOCK = threading.Lock()
+_WARMED = threading.Event()
+
+
+def warm_up_umap(nice: int = 19) -> float:
+    """Compile UMAP's numba kernels on a tiny problem, once per process; returns the seconds it took.
+
+    umap-learn and pynndescent compile most kernels on first use and cache few of them on disk: about
+    50 s on 2 CPU cores in every new process. The studio runs this in a low-priority background thread
+    at launch (:func:`start_umap_warm_up`), so the first map the user asks for only pays for its data.
+    """
+    import time
+
+    with _WARM_LOCK:
+        if _WARMED.is_set():
+            return 0.0
+        try:  # Linux: a thread has its own nice value
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (AttributeError, OSError):
+            pass
+        t0 = time.perf_counter()
+        # Over 4,096 points: UMAP switches from exact neighbours to pynndescent, whose kernels are the bulk.
+        x = np.random.default_rng(0).normal(size=(4500, 16)).astype(np.float32)
+        project(x / np.linalg.norm(x, axis=1, keepdims=True), "umap", 2)
+        _WARMED.set()
+        return time.perf_counter() - t0
+
+
+def start_umap_warm_up() -> threading.Thread:
+    thread = threading.Thread(target=warm_up_umap, name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 # -- probes ----------------------------------------------------------------------------------------

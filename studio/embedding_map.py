@@ -109,8 +109,8 @@ class EmbeddingMapService:
                 continue  # audio and video rows are mapped by their prompts
             source = media_path if max(w or 0, h or 0) <= EMBED_MAX_SIDE or not thumb_path else thumb_path
             points.append(MapPoint("image", _media_digest(source), prompt or "", gid, family, model_id, media,
-                                   guidance, self.gallery.store.resolve(source),
-                                   self.gallery.store.resolve(thumb_path or media_path),
+                                   guidance, self.gallery.store.resolve_listed(source),
+                                   self.gallery.store.resolve_listed(thumb_path or media_path),
                                    pkey if include_prompts else None))
         return points + list(prompts.values())
 

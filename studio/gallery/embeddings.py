@@ -38,7 +38,8 @@ class EmbeddingCache:
 
     def put(self, model_key: str, kind: str, vectors: Mapping[str, np.ndarray]) -> int:
         """Store vectors not cached yet; returns how many were written (a concurrent writer's copy wins)."""
-        todo = {k: v for k, v in vectors.items() if k not in self.get(model_key, kind, vectors)}
+        cached = self.get(model_key, kind, vectors)
+        todo = {k: v for k, v in vectors.items() if k not in cached}
         if not todo:
             return 0
         rows = [EmbeddingRow(model_key=model_key, kind=kind, item_key=k, dim=int(v.shape[-1]),

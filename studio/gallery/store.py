@@ -92,6 +92,15 @@ class MediaStore:
             raise ValueError(f"Media path {rel!r} points outside the gallery root {root}.")
         return candidate
 
+    def resolve_listed(self, rel: str) -> Path:
+        """Fast, lexical form of :meth:`resolve` for paths the gallery wrote itself (bulk listings):
+        the same refusals of absolute paths and ``..``, without a filesystem call per path."""
+        posix, windows = PurePosixPath(rel), PureWindowsPath(rel)
+        if not rel or "\x00" in rel or posix.is_absolute() or windows.is_absolute() or windows.drive \
+                or ".." in posix.parts or ".." in windows.parts:
+            raise ValueError(f"Media path {rel!r} must be relative to the gallery root.")
+        return self.root / posix
+
     def delete(self, rel: str) -> None:
         """Remove the file at ``rel``; a missing file is ignored."""
         self.resolve(rel).unlink(missing_ok=True)
