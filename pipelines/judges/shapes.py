@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from pipelines.judges import accuracy
 from pipelines.worlds.shapes import (ATTRIBUTES, BACKGROUNDS, COLOURS, IMAGE_SIZE, POSITIONS, SHAPES,
                                      SIZES, ShapeRecipe, coverage, unit_area)
 
@@ -250,10 +251,4 @@ def judge(image: Image.Image | np.ndarray, expected: Mapping[str, object] | Shap
 def score(images: Iterable[Image.Image | np.ndarray],
           expecteds: Iterable[Mapping[str, object] | ShapeRecipe]) -> dict[str, float]:
     """Per-attribute accuracy; an attribute counts only for images whose expectation has it."""
-    right = {key: 0 for key in ATTRIBUTES}
-    total = {key: 0 for key in ATTRIBUTES}
-    for image, expected in zip(images, expecteds, strict=True):
-        for key, ok in judge(image, expected).items():
-            total[key] += 1
-            right[key] += int(ok)
-    return {key: right[key] / total[key] for key in ATTRIBUTES if total[key]}
+    return accuracy(judge, images, expecteds, ATTRIBUTES)

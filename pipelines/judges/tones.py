@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.judges import accuracy
 from pipelines.worlds.tones import ATTRIBUTES, PITCHES, SAMPLE_RATE, ToneRecipe
 
 HOP = 160  # 10 ms
@@ -140,10 +141,4 @@ def judge(y: np.ndarray, expected: Mapping[str, object] | ToneRecipe) -> dict[st
 
 def score(clips: Iterable[np.ndarray], expecteds: Iterable[Mapping[str, object] | ToneRecipe]) -> dict[str, float]:
     """Per-attribute accuracy; an attribute counts only for clips whose expectation has it."""
-    right = {k: 0 for k in ATTRIBUTES}
-    total = {k: 0 for k in ATTRIBUTES}
-    for y, expected in zip(clips, expecteds, strict=True):
-        for k, ok in judge(y, expected).items():
-            total[k] += 1
-            right[k] += int(ok)
-    return {k: right[k] / total[k] for k in ATTRIBUTES if total[k]}
+    return accuracy(judge, clips, expecteds, ATTRIBUTES)
