@@ -75,6 +75,7 @@ class EmbeddingMapService:
         self._embedders: dict[str, es.ClipEmbedder] = {}
         self._lock = threading.Lock()
         self._judged: dict[str, dict[str, Optional[str]]] = {}
+        self._last: dict[tuple, MapResult] = {}  # the newest map per request, while the gallery is unchanged
 
     # -- models ------------------------------------------------------------------------------------
     def choices(self) -> list[str]:
@@ -164,6 +165,15 @@ class EmbeddingMapService:
         t0 = time.perf_counter()
         _report(progress, 0.0, f"loading {model_id}")
         embedder = self.embedder(model_id)
+        # Same request, same gallery (rows are only added or deleted): the map already built in this
+        # process, without reading the gallery again.
+        request = (embedder.key, method, dims, include_prompts, limit, tuple(texts),
+                   tuple(es.image_key(im) for _, im in images), self._gallery_version())
+        if request in self._last:
+            hit = self._last[request]
+            stats = {**hit.stats, "embedded": 0, "reused": hit.stats["distinct"], "projection_cached": True,
+                     "embed_seconds": 0.0, "seconds": round(time.perf_counter() - t0, 3)}
+            return MapResult(hit.model_id, hit.method, hit.dims, hit.points, hit.coords, hit.vectors, stats)
         points = self.gallery_points(include_prompts, limit) + self.added_points(texts, images)
         if not points:
             raise ValueError("The map is empty: the gallery has no generations yet. Generate a few images "
@@ -188,7 +198,19 @@ class EmbeddingMapService:
         per_point = np.stack([coords[slots[(p.cache_kind, p.key)]] for p in points])
         stats.update({"items": len(points), "distinct": len(slots), "projection_cached": bool(cached),
                       "embed_seconds": round(t_embed, 2), "seconds": round(time.perf_counter() - t0, 2)})
-        return MapResult(model_id, method, dims, points, per_point, vectors, stats)
+        result = MapResult(model_id, method, dims, points, per_point, vectors, stats)
+        self._last = {request: result}
+        return result
+
+    def _gallery_version(self) -> tuple[int, int, str]:
+        """Row count, newest id and newest creation time: any insert or delete changes one of them
+        (SQLite may reuse the id of a deleted newest row, never its creation time)."""
+        from sqlalchemy import func
+
+        with self.gallery.session() as s:
+            count, newest, created = s.execute(select(func.count(Generation.id), func.max(Generation.id),
+                                                      func.max(Generation.created_at))).one()
+        return int(count or 0), int(newest or 0), str(created)
 
     # -- judged attributes ---------------------------------------------------------------------------
     def judged(self, point: MapPoint) -> dict[str, Optional[str]]:

@@ -114,3 +114,17 @@ def test_colour_by_judged_attribute_reads_the_images(service):
 def test_unknown_model_is_a_clear_error(service):
     with pytest.raises(es.EmbeddingModelError, match="No CLIP model 'local/nope'"):
         service.embedder("local/nope")
+
+
+def test_the_same_map_again_is_served_from_memory_until_the_gallery_changes(service):
+    _fill(service.gallery, 6)
+    first = service.build_map(es.BUILTIN_CLIP_ID, "pca")
+    again = service.build_map(es.BUILTIN_CLIP_ID, "pca")
+    assert again.points is first.points and again.stats["embedded"] == 0 and again.stats["projection_cached"]
+    newest = max(p.gen_id for p in first.points if p.kind == "image")
+    service.gallery.delete(newest)
+    fewer = service.build_map(es.BUILTIN_CLIP_ID, "pca")
+    assert newest not in {p.gen_id for p in fewer.points if p.kind == "image"}
+    service.gallery.save_image(Image.new("RGB", (64, 64), (40, 70, 220)), params={"prompt": "a blue square"}, fields={})
+    more = service.build_map(es.BUILTIN_CLIP_ID, "pca")
+    assert "a blue square" in {p.label for p in more.points} and more.stats["embedded"] >= 1
