@@ -201,3 +201,44 @@ def build_tiny_t5_tokenizer(folder: Path, model_max_length: int = 16) -> Path:
                           extra_ids=0, model_max_length=model_max_length)
     tok.save_pretrained(folder)
     return folder
+
+
+def build_tiny_audioldm(folder: Path, *, seed: int = 0) -> Path:
+    """A random-weight AudioLDM folder (diffusers ``AudioLDMPipeline``: mel VAE with 1 channel, CLAP text
+    encoder, a UNet conditioned on the CLAP text embedding as a class embedding, SpeechT5 HiFi-GAN vocoder,
+    a byte-level BPE Roberta tokenizer with no merges), as a real AudioLDM folder is laid out."""
+    import json
+
+    from diffusers import AudioLDMPipeline, AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import (ClapTextConfig, ClapTextModelWithProjection, RobertaTokenizer, SpeechT5HifiGan,
+                              SpeechT5HifiGanConfig)
+
+    from .clip_vocab import _bytes_to_unicode
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=(8, 16), class_embed_type="simple_projection", projection_class_embeddings_input_dim=8,
+        class_embeddings_concat=True, norm_num_groups=4)
+    vae = AutoencoderKL(block_out_channels=[8, 16], in_channels=1, out_channels=1, latent_channels=4, norm_num_groups=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    text = ClapTextModelWithProjection(ClapTextConfig(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=8, intermediate_size=37, num_attention_heads=1,
+        num_hidden_layers=1, vocab_size=1000, projection_dim=8, layer_norm_eps=1e-5))
+    vocab_dir = Path(folder) / "_vocab"
+    vocab_dir.mkdir(parents=True, exist_ok=True)
+    symbols = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + list(_bytes_to_unicode().values())
+    (vocab_dir / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
+    (vocab_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = RobertaTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77)
+    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=8, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[2, 2],
+        upsample_kernel_sizes=[4, 4], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
+        normalize_before=False))
+    AudioLDMPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler(),
+                     vocoder=vocoder).save_pretrained(folder, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(vocab_dir)
+    return Path(folder)
