@@ -99,7 +99,7 @@ class PatchView:
 
 
 def _cos(m: torch.Tensor) -> np.ndarray:
-    m = F.normalize(m.float(), dim=-1)
+    m = F.normalize(m.detach().float().cpu(), dim=-1)
     return (m @ m.T).numpy()
 
 
@@ -125,7 +125,7 @@ def patch_view(embedder: Any, image: Image.Image) -> PatchView:
         k = F.linear(tokens, pool.k_proj.weight, pool.k_proj.bias)
         attn = _head_attention(q, k, pool.num_heads)[0, 1:]
         return PatchView("attention-pool", grid, embedder.image_size // grid, embedder.image_size,
-                         _cos(pool.positional_embedding[1:]), attn.reshape(grid, grid).numpy(),
+                         _cos(pool.positional_embedding[1:]), attn.reshape(grid, grid).cpu().numpy(),
                          "a ResNet tower: its attention pool reads the last feature map as a grid of cells "
                          "plus a mean token (the query), with learned position embeddings")
     # open_clip VisionTransformer: class token + patches through the blocks; attention of the last block.
@@ -140,7 +140,7 @@ def patch_view(embedder: Any, image: Image.Image) -> PatchView:
     _, weights = block.attn(h, h, h, need_weights=True, average_attn_weights=True)  # (N, L, L) either layout
     attn = weights[0, 0, -grid * grid:]
     pos = visual.positional_embedding[-grid * grid:]
-    return PatchView("vit", grid, patch, embedder.image_size, _cos(pos), attn.reshape(grid, grid).numpy(),
+    return PatchView("vit", grid, patch, embedder.image_size, _cos(pos), attn.reshape(grid, grid).cpu().numpy(),
                      f"a ViT: {grid}x{grid} patches of {patch} px in raster order after the class token")
 
 
@@ -164,7 +164,7 @@ def _hf_patch_view(embedder: Any, rgb: Image.Image) -> PatchView:
     a = last.self_attn
     attn = _head_attention(a.q_proj(hn[:1]), a.k_proj(hn), a.num_heads)[0, 1:]
     pos = vm.embeddings.position_embedding.weight[1:]
-    return PatchView("vit", grid, patch, embedder.image_size, _cos(pos), attn.reshape(grid, grid).numpy(),
+    return PatchView("vit", grid, patch, embedder.image_size, _cos(pos), attn.reshape(grid, grid).cpu().numpy(),
                      f"a ViT: {grid}x{grid} patches of {patch} px in raster order after the class token")
 
 

@@ -246,6 +246,17 @@ class EmbeddingMapService:
         raise ValueError(f"unknown colouring {colour_by!r}: choose one of {', '.join(COLOUR_BY)}")
 
 
+_SHARED: dict[int, EmbeddingMapService] = {}
+
+
+def shared_service(gallery: Gallery, models_dir: Optional[Path], device: str = "cpu") -> EmbeddingMapService:
+    """One service per gallery, so the Embedding Map and the Tokenizer Viewer load each CLIP model once."""
+    key = id(gallery)
+    if key not in _SHARED or _SHARED[key].gallery is not gallery:
+        _SHARED[key] = EmbeddingMapService(gallery, [models_dir], device)
+    return _SHARED[key]
+
+
 def _load_rgb(path: Optional[Path]) -> Image.Image:
     with Image.open(path) as im:
         return im.convert("RGB")

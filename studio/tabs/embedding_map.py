@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipelines import embedding_space as es
 
-from ..embedding_map import COLOUR_BY, EmbeddingMapService, MapResult
+from ..embedding_map import COLOUR_BY, EmbeddingMapService, MapResult, shared_service
 from ..services import Services
 
 METHOD_LABELS = {"UMAP": "umap", "t-SNE": "tsne", "PCA": "pca"}
@@ -156,7 +156,7 @@ def _read_images(files: Optional[list]) -> tuple[list[tuple[str, Image.Image]], 
 
 
 def build_embedding_map_tab(services: Services) -> EmbeddingMapTab:
-    service = EmbeddingMapService(services.gallery, [Path(services.settings.models_dir)], device="cpu")
+    service = shared_service(services.gallery, Path(services.settings.models_dir), services.device.device)
     choices = service.choices()
     gr.Markdown("Every image of the gallery (through CLIP's image tower) and every prompt (through its text tower) "
                 "in one space. Close points mean CLIP sees them as alike. Hover a point for its thumbnail; click an "

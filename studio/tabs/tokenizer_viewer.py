@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from pipelines import embedding_space as es, tokenizer_view as tv
 from pipelines.families import TOKEN_FAMILIES
 
-from ..embedding_map import EmbeddingMapService
+from ..embedding_map import shared_service
 from ..services import Services
 
 BUILTIN_VQGAN = es.ASSETS / "tokenizers" / "shapes-vqgan"
@@ -117,7 +117,7 @@ def vq_grid_html(grid: np.ndarray) -> str:
 
 
 def build_tokenizer_viewer_tab(services: Services) -> dict[str, Any]:
-    clip = EmbeddingMapService(services.gallery, [Path(services.settings.models_dir)])
+    clip = shared_service(services.gallery, Path(services.settings.models_dir), services.device.device)
     clip_choices = clip.choices()
     models = [MINI_CLIP_ONLY] + [e.id for e in services.registry.entries()]
     vq_choices = {"builtin/shapes-vqgan (tokenizer)": BUILTIN_VQGAN} if (BUILTIN_VQGAN / "config.json").is_file() else {}
@@ -301,8 +301,7 @@ def build_tokenizer_viewer_tab(services: Services) -> dict[str, Any]:
 
     def usage(name, limit, progress=gr.Progress()):
         vq = load_vq(name)
-        points = EmbeddingMapService(services.gallery).gallery_points(include_prompts=False,
-                                                                      limit=max(1, int(limit or 2000)))
+        points = clip.gallery_points(include_prompts=False, limit=max(1, int(limit or 2000)))
         if not points:
             raise gr.Error("The gallery has no images yet.")
         counts = np.zeros(vq.config.num_vq_embeddings, np.int64)
