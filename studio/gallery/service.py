@@ -189,10 +189,31 @@ class Gallery:
     ) -> int:
         """Store an image (with thumbnail and optional trajectory sprite); return its id."""
         row_fields = self._row_fields(image, params, fields)
+        return self._save_media(row_fields, encode_png(image, params), "png", image, trajectory, trajectory_frames)
+
+    def save_audio(
+        self,
+        samples: Any,
+        *,
+        spectrogram: Image.Image,
+        params: dict[str, Any],
+        fields: dict[str, Any],
+        trajectory: Image.Image | None = None,
+        trajectory_frames: int = 0,
+    ) -> int:
+        """Store a clip as a WAV file carrying ``params`` (its thumbnail: the spectrogram picture); return its id."""
+        from pipelines.audio import wav_bytes
+
+        row_fields = self._row_fields(spectrogram, params, {"media_type": "audio", **fields})
+        return self._save_media(row_fields, wav_bytes(samples, params), "wav", spectrogram, trajectory,
+                                trajectory_frames)
+
+    def _save_media(self, row_fields: dict[str, Any], media: bytes, suffix: str, thumb_of: Image.Image,
+                    trajectory: Image.Image | None, trajectory_frames: int) -> int:
         created: list[str] = []
         try:
-            row_fields["media_path"] = self._save_tracked(encode_png(image, params), "png", created)
-            thumb, thumb_suffix = make_thumbnail(image)
+            row_fields["media_path"] = self._save_tracked(media, suffix, created)
+            thumb, thumb_suffix = make_thumbnail(thumb_of)
             row_fields["thumb_path"] = self._save_tracked(thumb, thumb_suffix, created)
             if trajectory is not None:
                 sprite = _png_bytes(trajectory)

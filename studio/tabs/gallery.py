@@ -66,6 +66,8 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
                 delete_btn = gr.Button("🗑 Delete", variant="stop")
             open_group_btn = gr.Button("Open its sweep in the Guidance Explorer", visible=False,
                                        elem_id="gallery-open-sweep")
+            detail_audio = gr.Audio(label="Sound", type="filepath", interactive=False, visible=False,
+                                    elem_id="gallery-audio")
             detail_status = gr.Markdown("Select an item.", elem_id="gallery-detail-status")
         with gr.Column(scale=3):
             d_step = gr.Slider(1, 2, value=1, step=1, label="Trajectory step")
@@ -107,12 +109,16 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
     def show(ids, gen_id, step):
         row = gallery.get(gen_id) if gen_id is not None else None
         if row is None:
-            return None, "Select an item.", None, None, None, gr.Slider(), "☆ Favourite"
+            return None, "Select an item.", None, None, None, gr.Slider(), "☆ Favourite", gr.Audio(visible=False)
         path = str(gallery.store.resolve(row.media_path))
+        sound = gr.Audio(visible=False, value=None)
+        if row.media_type == "audio":  # the picture is its spectrogram; the player plays the WAV
+            sound = gr.Audio(visible=True, value=path)
+            path = str(gallery.store.resolve(row.thumb_path)) if row.thumb_path else None
         noisy, x0, steps = _trajectory(gallery, row, step)
         info = f"#{row.id} · {row.model_id} · {row.created_at:%Y-%m-%d %H:%M} · {row.status}"
         return (path, info, row.params, noisy, x0, gr.Slider(maximum=max(steps, 2), value=min(step, max(steps, 1))),
-                "★ Favourite" if row.favourite else "☆ Favourite")
+                "★ Favourite" if row.favourite else "☆ Favourite", sound)
 
     def on_select(ids, evt: gr.SelectData):
         gen_id = ids[evt.index] if evt.index is not None and evt.index < len(ids) else None
@@ -123,7 +129,7 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
         return (gen_id, *show(ids, gen_id, row.trajectory_frames if row else 1),
                 gr.Button(visible=in_group and guidance is not None, value=label))
 
-    detail_outputs = [detail_image, detail_status, detail_params, d_noisy, d_x0, d_step, fav_btn]
+    detail_outputs = [detail_image, detail_status, detail_params, d_noisy, d_x0, d_step, fav_btn, detail_audio]
     grid.select(on_select, page_ids, [selected] + detail_outputs + [open_group_btn], concurrency_limit=None,
                 api_visibility="private")
 

@@ -238,3 +238,24 @@ def test_explicit_db_url(tmp_path: Path) -> None:
         assert conn.execute(text("SELECT count(*) FROM generations")).scalar() == 1
     engine.dispose()
     assert not (tmp_path / "media-root" / "gallery.db").exists()
+
+
+def test_audio_is_saved_as_a_wav_carrying_its_parameters(tmp_path: Path) -> None:
+    import numpy as np
+
+    from pipelines import audio
+    from pipelines.worlds import tones
+
+    y = tones.render(tones.sample_recipe(np.random.default_rng(0)))
+    picture = audio.spectrogram_image(audio.log_mel(y))
+    params = {"prompt": "a low sine tone rising", "seed": 3, "guidance_scale": 2.5}
+    with Gallery.open(tmp_path / "g") as gal:
+        gen_id = gal.save_audio(y, spectrogram=picture, params=params, fields={"family": "audio_ldm"})
+        row = gal.get(gen_id)
+        assert row.media_type == "audio" and row.prompt == "a low sine tone rising" and row.seed == 3
+        path, media_type = gal.read_media(gen_id)
+        assert media_type == "audio" and path.suffix == ".wav"
+        samples, rate, found = audio.read_wav(path.read_bytes())
+        assert rate == 16_000 and found == params and len(samples) == len(y)
+        assert gal.store.exists(row.thumb_path)
+        assert gal.delete(gen_id) and not path.exists() and not gal.store.exists(row.thumb_path)
