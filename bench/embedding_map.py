@@ -97,7 +97,10 @@ def main() -> None:
           f"projection {t_first - s['embed_seconds']:.2f} s{', UMAP compiled in it' if args.cold else ''})")
     print(f"{'second (same process)':34s}{t_second:10.2f}")
     print(f"{'second (new service, DB caches)':34s}{t_third:10.2f}")
-    print(f"goal: first < 60 s -> {'met' if t_first < 60 else 'NOT met'}")
+    if args.cold:
+        print("(cold: UMAP compiled inside the first open; the studio compiles it at launch, which the goal assumes)")
+    else:
+        print(f"goal: first open < 60 s -> {'met' if t_first < 60 else 'NOT met'}")
     gallery.close()
 
 
