@@ -122,7 +122,10 @@ class AudioLDM:
         mel = self.pipe.decode_latents(latents.to(self.pipe.vae.device, self.pipe.vae.dtype))
         return mel[:, 0].float().cpu().numpy()
 
-    def generate(self, req: AudioRequest, cancel: Optional[CancelFlag] = None) -> AudioResult:
+    def generate(self, req: AudioRequest, on_step: Any = None, cancel: Optional[CancelFlag] = None) -> AudioResult:
+        """``on_step`` is accepted for the image families' calling convention; the audio tab reads the result."""
+        if not isinstance(req, AudioRequest):
+            raise ValueError(f"{self.model_id} makes sound, not images: use the Audio tab.")
         validate_audio_request(req)
         pipe, t0 = self.pipe, time.perf_counter()
         device = pipe.unet.device

@@ -15,6 +15,7 @@ FAMILY_CLASSES: dict[str, str] = {
     "dit": "pipelines.dit:DiT",
     "flow_matching": "pipelines.flow:FlowMatching",
     "vqgan_prior": "pipelines.token_prior:VQGANTokenPrior",
+    "audio_ldm": "pipelines.audio_ldm:AudioLDM",
 }
 
 # families that draw tokens (temperature and top-k apply; steps = trajectory checkpoints)

@@ -29,7 +29,10 @@ PIPELINE_FAMILIES: dict[str, str] = {
     "DiTPipeline": "dit",
     "StableDiffusion3Pipeline": "flow_matching",
     "VQGANTokenPriorPipeline": "vqgan_prior",
+    "AudioLDMPipeline": "audio_ldm",
 }
+# What a family makes (families not named here make images).
+FAMILY_MEDIA: dict[str, str] = {"audio_ldm": "audio"}
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 _ID_SAFE = re.compile(r"[^A-Za-z0-9._/-]+")
@@ -46,6 +49,10 @@ class ModelEntry:
     path: Path  # the diffusers folder (the one holding model_index.json)
     source: str  # "builtin", "user" or "hf-cache"
     pipeline_class: str  # the diffusers pipeline class named in model_index.json
+
+    @property
+    def media(self) -> str:
+        return FAMILY_MEDIA.get(self.family, "image")
 
     @property
     def label(self) -> str:
@@ -147,10 +154,11 @@ class ModelRegistry:
         self._entries = {e.id: e for e in entries}
         return list(self._entries.values())
 
-    def entries(self) -> list[ModelEntry]:
+    def entries(self, media: str | None = "image") -> list[ModelEntry]:
+        """The models that make ``media`` ("image", "audio"; None: every model)."""
         if self._entries is None:
             self.refresh()
-        return list(self._entries.values())
+        return [e for e in self._entries.values() if media is None or e.media == media]
 
     def get(self, model_id: str) -> ModelEntry:
         if self._entries is None or model_id not in self._entries:

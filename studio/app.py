@@ -5,6 +5,7 @@ import gradio as gr
 
 from .services import Services
 from .tabs.gallery import build_gallery_tab
+from .tabs.audio import build_audio_tab
 from .tabs.embedding_map import HEAD as EMBEDDING_HEAD, build_embedding_map_tab
 from .tabs.generate import build_generate_tab
 from .tabs.guidance import build_guidance_tab
@@ -32,6 +33,8 @@ def build_app(services: Services) -> gr.Blocks:
                 embedding = build_embedding_map_tab(services)
             with gr.Tab("Tokenizer Viewer", id="tokenizer"):
                 build_tokenizer_viewer_tab(services)
+            with gr.Tab("Audio", id="audio"):
+                audio = build_audio_tab(services)
             with gr.Tab("Gallery", id="gallery"):
                 gallery = build_gallery_tab(services, generate, tabs, guidance)
         refresh_fn, refresh_inputs, refresh_outputs = gallery["refresh"]
@@ -40,7 +43,7 @@ def build_app(services: Services) -> gr.Blocks:
                                     concurrency_limit=None)
         choices_fn, choices_outputs = gallery["choices"]
         # After every finished generation and on every page load the gallery shows the newest items.
-        for finished in [generate.finished, generate.compared, *guidance.finished]:
+        for finished in [generate.finished, generate.compared, *guidance.finished, audio.finished]:
             finished.then(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private",
                           concurrency_limit=None)
         demo.load(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private", concurrency_limit=None)

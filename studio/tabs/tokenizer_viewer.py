@@ -119,7 +119,7 @@ def vq_grid_html(grid: np.ndarray) -> str:
 def build_tokenizer_viewer_tab(services: Services) -> dict[str, Any]:
     clip = shared_service(services.gallery, Path(services.settings.models_dir), services.device.device)
     clip_choices = clip.choices()
-    models = [MINI_CLIP_ONLY] + [e.id for e in services.registry.entries()]
+    models = [MINI_CLIP_ONLY] + [e.id for e in services.registry.entries(media=None)]
     vq_choices = {"builtin/shapes-vqgan (tokenizer)": BUILTIN_VQGAN} if (BUILTIN_VQGAN / "config.json").is_file() else {}
     vq_choices.update({e.id: e.path / "vqvae" for e in services.registry.entries()
                        if e.family in TOKEN_FAMILIES and (e.path / "vqvae").is_dir()})

@@ -117,3 +117,19 @@ def test_embedding_map_and_tokenizer_viewer_in_the_browser(studio, page):
     page.locator("#vq-run").click()
     page.wait_for_selector("#vq-grid table td", timeout=30_000)
     assert page.locator("#vq-grid td").count() == 256
+
+
+def test_audio_tab_generates_a_clip_with_a_player_and_a_spectrogram(studio, page):
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Audio").click()
+    model = page.locator("#audio-model input")
+    model.fill("local/tiny-audioldm")
+    model.press("Enter")
+    page.locator("#audio-prompt textarea").fill("a low square wave pulsing")
+    page.locator("#audio-duration input").fill("0.5")
+    page.locator("#audio-generate").click()
+    page.wait_for_function("document.querySelector('#audio-status').innerText.includes('Done')", timeout=90_000)
+    assert "Judge:" in page.locator("#audio-status").inner_text()
+    page.wait_for_selector("#audio-player audio, #audio-player .waveform-container, #audio-player button",
+                           timeout=30_000)
+    assert page.locator("#audio-spectrogram img").count() == 1

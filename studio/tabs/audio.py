@@ -1,0 +1,134 @@
+"""Audio tab: text to sound with a latent diffusion model over mel spectrograms, and how the sound formed.
+
+A prompt, negative prompt, duration, steps, guidance and seed go to an audio family model
+(:mod:`pipelines.audio_ldm`); the result is a player, its mel spectrogram, and a trajectory viewer:
+a slider over the steps shows the spectrogram of the x0 estimate at that step, and a second player
+plays that estimate through the model's vocoder. Every result goes to the gallery as a WAV file
+carrying its parameters, with the spectrogram as its thumbnail and the trajectory as a sprite
+(row 0: the noisy latent x_t decoded, row 1: the x0 estimate).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines import audio as au
+from pipelines.audio_ldm import MAX_DURATION, AudioRequest, validate_audio_request
+from pipelines.previews import make_sprite
+from pipelines.registry import ModelLoadError
+from pipelines.worlds import tones
+
+from ..generation import resolve_seed
+from ..services import Services
+
+PICTURE_SIZE = (512, 128)  # time across, frequency up: one scale for every clip length
+NO_MODEL = ("No audio model is installed yet: put an AudioLDM folder (diffusers `AudioLDMPipeline` format, "
+            "safetensors) under the models folder and reload. The builtin Tones model is still in training.")
+
+
+@dataclass
+class AudioTab:
+    finished: Any  # the event after a clip is saved (for gallery refreshes)
+
+
+def _pictures(mels: np.ndarray, lo: float, hi: float) -> list[Image.Image]:
+    """(N, frames, n_mels) mel arrays -> spectrogram pictures on one colour scale."""
+    return [au.spectrogram_image(m.T, vmin=lo, vmax=hi, height=0).resize(PICTURE_SIZE, Image.BILINEAR) for m in mels]
+
+
+def judge_note(prompt: str, samples: np.ndarray, sample_rate: int) -> str:
+    """What the Tones judge hears, for prompts in the Tones vocabulary; says so when it cannot score."""
+    from pipelines.judges import tones as judge
+
+    wanted = tones.parse_prompt(prompt)
+    if not wanted:
+        return "The judge cannot score this prompt: it names no waveform, pitch band, rhythm or loudness of the Tones world."
+    if sample_rate != tones.SAMPLE_RATE:
+        return f"The judge reads 16 kHz clips; this model makes {sample_rate} Hz."
+    seen = judge.describe(samples)
+    verdict = ", ".join(f"{k} {seen[k] or '?'} {'✓' if seen[k] == v else '✗ (asked ' + v + ')'}"
+                        for k, v in wanted.items())
+    return f"Judge: {verdict}."
+
+
+def build_audio_tab(services: Services) -> AudioTab:
+    choices = [e.id for e in services.registry.entries(media="audio")]
+    gr.Markdown("A waveform becomes a mel spectrogram (an image of frequency over time); a latent diffusion model "
+                "denoises it from noise, guided by the prompt, and a vocoder turns it back into sound.")
+    if not choices:
+        gr.Markdown(f"⚠ {NO_MODEL}", elem_id="audio-no-model")
+    with gr.Row():
+        model = gr.Dropdown(choices, value=choices[0] if choices else None, label="Model", scale=2,
+                            elem_id="audio-model")
+        prompt = gr.Textbox("a high sine tone", label="Prompt", scale=3, elem_id="audio-prompt")
+        negative = gr.Textbox("", label="Negative prompt", scale=2)
+    with gr.Row():
+        duration = gr.Number(2.0, label=f"Duration (s, up to {MAX_DURATION:g})", elem_id="audio-duration")
+        steps = gr.Slider(1, 200, value=25, step=1, label="Steps")
+        guidance = gr.Slider(0, 15, value=2.5, step=0.5, label="Guidance")
+        seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
+        run = gr.Button("Generate sound", variant="primary", elem_id="audio-generate")
+    status = gr.Markdown("", elem_id="audio-status")
+    with gr.Row():
+        player = gr.Audio(label="Result", type="numpy", interactive=False, elem_id="audio-player")
+        picture = gr.Image(label="Mel spectrogram", type="pil", interactive=False, elem_id="audio-spectrogram")
+    step = gr.Slider(1, 2, value=1, step=1, label="Trajectory step", elem_id="audio-step")
+    with gr.Row():
+        step_picture = gr.Image(label="x0 estimate at this step", type="pil", interactive=False)
+        step_player = gr.Audio(label="…as sound", type="numpy", interactive=False)
+    trajectory = gr.State(None)
+
+    def generate(model_id, text, neg, seconds, n_steps, g, seed_value, progress=gr.Progress()):
+        if not model_id:
+            raise gr.Error(NO_MODEL)
+        try:
+            req = AudioRequest(prompt=text or "", negative_prompt=neg or "", duration_s=float(seconds or 0),
+                               num_inference_steps=int(n_steps), guidance_scale=float(g),
+                               seed=resolve_seed(seed_value))
+            validate_audio_request(req)
+            progress(0.05, desc=f"loading {model_id}")
+            runner = services.models.get(model_id)
+            progress(0.2, desc="denoising")
+            result = runner.generate(req)
+        except (ValueError, ModelLoadError) as exc:
+            raise gr.Error(str(exc)) from None
+        mels = result.x0_mels if result.x0_mels is not None else result.mel[None]
+        lo, hi = np.percentile(result.mel, 1), np.percentile(result.mel, 99.5) + 1e-3
+        final = _pictures(result.mel[None], lo, hi)[0]
+        x0_pictures = _pictures(mels, lo, hi)
+        noisy = _pictures(runner.decode_mel(result.latents), lo, hi) if result.latents is not None else x0_pictures
+        gen_id = services.gallery.save_audio(
+            result.samples, spectrogram=final, params=result.params,
+            fields={"family": runner.family, "model_id": model_id, "duration_s": result.seconds, "status": "ok",
+                    "width": final.width, "height": final.height},
+            trajectory=make_sprite([noisy, x0_pictures]), trajectory_frames=len(x0_pictures))
+        note = judge_note(req.prompt, result.samples, result.sample_rate)
+        text_out = (f"Done in {result.seconds:.1f} s · seed {req.seed} · {len(result.samples) / result.sample_rate:.2f} s "
+                    f"of sound · saved as gallery item #{gen_id}. {note}")
+        state = {"model_id": model_id, "x0": result.pred_x0, "pictures": x0_pictures}
+        n = len(x0_pictures)
+        return (text_out, (result.sample_rate, result.samples), final, gr.Slider(maximum=max(n, 2), value=n),
+                x0_pictures[-1], state)
+
+    finished = run.click(generate, [model, prompt, negative, duration, steps, guidance, seed],
+                         [status, player, picture, step, step_picture, trajectory], api_name="generate_audio")
+
+    def show_step(state, k):
+        if not state:
+            return None, None
+        k = min(max(int(k), 1), len(state["pictures"])) - 1
+        runner = services.models.get(state["model_id"])
+        sound = None
+        if state["x0"] is not None:
+            with torch.no_grad():
+                mel = runner.pipe.decode_latents(state["x0"][k:k + 1].to(runner.pipe.vae.device, runner.pipe.vae.dtype))
+                sound = runner.pipe.mel_spectrogram_to_waveform(mel)[0].float().numpy()
+        return state["pictures"][k], (runner.sample_rate, sound) if sound is not None else None
+
+    step.release(show_step, [trajectory, step], [step_picture, step_player], api_visibility="private")
+    return AudioTab(finished=finished)
