@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,27 @@ def sample_pipeline(transformer_dir: Path, vae_dir: Path):
     return pipe
 
 
+def export_pack(transformer_dir: Path, vae_dir: Path, out: Path, guidance: float | None = None,
+                steps: int | None = None) -> Path:
+    """A complete ``DiTPipeline`` folder, laid out as ``facebook/DiT-XL-2-256``: the exported transformer, the
+    shared VAE, DPM-Solver++ on DiT's schedule, ``id2label`` in ``model_index.json`` (+ training.json, and
+    default_settings.json when ``guidance`` is given)."""
+    from pipelines.default_settings import write_default_settings
+
+    info = json.loads((Path(transformer_dir) / "training.json").read_text())
+    out = Path(out)
+    sample_pipeline(transformer_dir, vae_dir).save_pretrained(out, safe_serialization=True)
+    index_path = out / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["id2label"] = {str(k): v for k, v in json.loads(info["id2label"]).items()}
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    shutil.copy2(Path(transformer_dir) / "training.json", out / "training.json")
+    if guidance is not None:
+        write_default_settings(out, guidance, steps or 20, "dpmpp_2m",
+                               note="chosen from the judge: python -m pipelines.training.dit eval")
+    return out
+
+
 def quick_eval(transformer_dir: Path, vae_dir: Path, per_class: int = 4, guidance: float = 3.0, steps: int = 20,
                device: str = "cpu") -> dict[str, float]:
     """Colour and shape accuracy of ``per_class`` samples of every class (the Shapes judge)."""
@@ -234,7 +256,25 @@ def quick_eval(transformer_dir: Path, vae_dir: Path, per_class: int = 4, guidanc
     return {key: value / total for key, value in right.items()} | {"n": float(total)}
 
 
-if __name__ == "__main__":  # pragma: no cover - quick look at an exported run
-    import sys
+def cli(argv: list[str] | None = None) -> None:
+    """``python -m pipelines.training.dit eval TRANSFORMER [--guidance G]`` judges an exported transformer;
+    ``python -m pipelines.training.dit pack TRANSFORMER OUT --guidance G --steps N`` writes its DiTPipeline folder."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.training.dit")
+    parser.add_argument("action", choices=["eval", "pack"])
+    parser.add_argument("transformer", type=Path)
+    parser.add_argument("out", type=Path, nargs="?")
+    parser.add_argument("--vae-dir", type=Path, default=Path("assets/models/shapes-ldm/vae"))
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--per-class", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.action == "eval":
+        print(json.dumps(quick_eval(args.transformer, args.vae_dir, args.per_class, args.guidance, args.steps)))
+    elif args.out is None:
+        parser.error("pack needs OUT")
+    else:
+        print(export_pack(args.transformer, args.vae_dir, args.out, args.guidance, args.steps))
 
-    print(quick_eval(Path(sys.argv[1]), Path(sys.argv[2] if len(sys.argv) > 2 else "assets/models/shapes-ldm/vae")))
+
+if __name__ == "__main__":  # pragma: no cover - command line
+    cli()

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.training import common, latents as lat
-from pipelines.training.ldm import prepare_text, sample_captions
+from pipelines.training.ldm import _optimizer_to, prepare_text, sample_captions
+
+ACCELERATED = True  # understands --device and --time-budget (the batches are built in the main process)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,20 +48,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @torch.no_grad()
-def build_token_pool(vqgan_dir: Path, out: Path, n: int, seed: int, chunk: int = 512) -> Path:
-    """Token grids (N, h*w) int16 of ``n`` training renders (hold-out pairs excluded) + their recipes."""
+def build_token_pool(vqgan_dir: Path, out: Path, n: int, seed: int, chunk: int = 512,
+                     device: torch.device | str = "cpu") -> Path:
+    """Token grids (N, h*w) int16 of ``n`` training renders (hold-out pairs excluded) + their recipes
+    (the VQGAN encoder runs on ``device``)."""
     from diffusers import VQModel
 
     from pipelines.training.vqgan import tokenize
     from pipelines.worlds import shapes
 
-    vq = VQModel.from_pretrained(vqgan_dir, use_safetensors=True).eval()
+    vq = VQModel.from_pretrained(vqgan_dir, use_safetensors=True).eval().to(device)
     rng = np.random.default_rng(seed)
     recipes = [shapes.sample_recipe(rng, holdout="exclude") for _ in range(n)]
     bar = common.progress(n, desc="tokens")
     grids = []
     for i in range(0, n, chunk):
-        grids.append(tokenize(vq, shapes.render_batch(recipes[i:i + chunk])).flatten(1).to(torch.int16))
+        grids.append(tokenize(vq, shapes.render_batch(recipes[i:i + chunk])).flatten(1).to(torch.int16).cpu())
         bar.update(len(grids[-1]))
     bar.close()
     idx, jitter = lat.recipes_to_tensor(recipes)
@@ -101,6 +105,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     from pipelines.token_prior import TokenPriorTransformer
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     common.seed_everything(args.seed)
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -112,9 +119,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     pool_path = run_dir / "tokens.pt"
     vq_hash = lat.file_hash(vqgan_dir)
     if not pool_path.is_file() or torch.load(pool_path, weights_only=True).get("vqgan_hash") != vq_hash:
-        build_token_pool(vqgan_dir, pool_path, args.pool, seed=args.seed + 20_000)
+        build_token_pool(vqgan_dir, pool_path, args.pool, seed=args.seed + 20_000, device=device)
     pool = torch.load(pool_path, map_location="cpu", weights_only=True)
-    tokens = pool["tokens"].long()
+    tokens = pool["tokens"].long().to(device)
+    embeddings = table.embeddings.to(device)
     vq_cfg = json.loads((vqgan_dir / "config.json").read_text())
     grid = int(round(tokens.shape[1] ** 0.5))
     cfg = prior_config(args, int(vq_cfg["num_vq_embeddings"]), grid, int(table.embeddings.shape[-1]))
@@ -131,12 +139,16 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             start = int(state["step"])
             if state["extra"].get("vqgan_hash") != vq_hash:
                 raise SystemExit("checkpoint was trained on another VQGAN's tokens: start a fresh run")
+    prior.to(device)
+    _optimizer_to(optimizer, device)
+    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
     log = common.LossLog(run_dir / "loss.jsonl", resume_step=start if args.resume else None)
     (run_dir / "config.json").write_text(json.dumps({"prior": cfg, "params": n_params,
                                                      "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
     stop = min(args.steps, args.stop_at) if args.stop_at is not None else args.steps
     bar = common.progress(args.steps, initial=start, desc=f"prior {n_params / 1e6:.1f}M")
-    bos = torch.full((args.batch_size, 1), cfg["vocab_size"], dtype=torch.long)
+    budget = common.TimeBudget(args.time_budget, start)
+    bos = torch.full((args.batch_size, 1), cfg["vocab_size"], dtype=torch.long, device=device)
     t0 = time.time()
     for step in range(start, stop):
         lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=0.05)
@@ -144,8 +156,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         rng = common.step_rng(args.seed, step)
         rows = rng.integers(len(tokens), size=args.batch_size)
         captions = sample_captions(pool, rows, rng, args.drop_prob, args.uncond_prob)
-        target = tokens[torch.from_numpy(rows)]
-        logits = prior(torch.cat([bos, target[:, :-1]], dim=1), text_states=table.lookup(captions))
+        target = tokens[torch.from_numpy(rows).to(device)]
+        text_states = embeddings[torch.tensor([table.rows[c] for c in captions], device=device)]
+        logits = prior(torch.cat([bos, target[:, :-1]], dim=1), text_states=text_states)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -156,9 +169,12 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         log.log(step + 1, loss=loss.item(), lr=lr, grad_norm=gnorm)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
         if ckpt.due(step + 1) or step + 1 == stop:
             ema.decay = args.ema_decay
             ckpt.save(step + 1, prior, optimizer, ema, extra=extra)
+        if step + 1 >= stop:
+            break
     bar.close()
     result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
     if common.stopped_early(stop, args):

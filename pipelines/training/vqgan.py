@@ -83,7 +83,7 @@ def tokenize(vq: Any, images: np.ndarray, batch_size: int = 256) -> torch.Tensor
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            h = vq.encode(to_tensor(images[i:i + batch_size])).latents
+            h = vq.encode(to_tensor(images[i:i + batch_size]).to(vq.device)).latents
             _, _, (_, _, ids) = vq.quantize(h)
             out.append(ids.reshape(len(h), h.shape[-2], h.shape[-1]))
     return torch.cat(out)
