@@ -47,13 +47,15 @@ def log_mel(y: np.ndarray, cfg: MelConfig = MelConfig()) -> np.ndarray:
 
 
 def griffin_lim(logmel: np.ndarray, n_samples: Optional[int] = None, cfg: MelConfig = MelConfig(),
-                n_iter: int = 32) -> np.ndarray:
-    """A waveform whose log-mel magnitudes approximate ``logmel`` (phase recovered by Griffin-Lim)."""
+                n_iter: int = 32, seed: int = 0) -> np.ndarray:
+    """A waveform whose log-mel magnitudes approximate ``logmel`` (phase recovered by Griffin-Lim, starting
+    from random phases drawn with ``seed``, so the same spectrogram always gives the same sound)."""
     import librosa
 
-    y = librosa.feature.inverse.mel_to_audio(np.exp(np.asarray(logmel, np.float32)), sr=SAMPLE_RATE,
-                                             n_fft=cfg.n_fft, hop_length=cfg.hop, fmin=cfg.fmin, fmax=cfg.fmax,
-                                             power=1.0, n_iter=n_iter)
+    # librosa.feature.inverse.mel_to_audio, in its two steps, so the phases' seed can be given
+    stft = librosa.feature.inverse.mel_to_stft(np.exp(np.asarray(logmel, np.float32)), sr=SAMPLE_RATE,
+                                               n_fft=cfg.n_fft, power=1.0, fmin=cfg.fmin, fmax=cfg.fmax)
+    y = librosa.griffinlim(stft, n_iter=n_iter, hop_length=cfg.hop, n_fft=cfg.n_fft, random_state=seed)
     if n_samples is not None:
         y = np.pad(y, (0, max(0, n_samples - len(y))))[:n_samples]
     return np.clip(y, -1.0, 1.0).astype(np.float32)

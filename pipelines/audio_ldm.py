@@ -7,6 +7,12 @@ noise drawn from the request's seed, and records every step: the latent x_t and 
 (from the guided noise prediction, captured by a forward hook on the UNet, and the scheduler's own
 conventions through :func:`pipelines.x0.predict_x0`), each x0 decoded by the VAE to the mel
 spectrogram it stands for. The last x0 is the final latent up to the scheduler's last step.
+
+The vocoder is either a real AudioLDM's ``SpeechT5HifiGan`` or :class:`GriffinLimVocoder`, which has no weights:
+its ``vocoder/config.json`` names the mel analysis it inverts (sample rate, n_fft, hop, mel bands, Griffin-Lim
+iterations), and ``model_index.json`` names it ``["pipelines.audio_ldm", "GriffinLimVocoder"]``. The builtin
+tones-ldm uses it. It is built from its config here and handed to ``AudioLDMPipeline.from_pretrained``; once
+this module is imported, diffusers also loads such a folder by itself (``AudioLDMPipeline.from_pretrained(path)``).
 """
 from __future__ import annotations
 
@@ -17,10 +23,12 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from diffusers import ModelMixin  # noqa: F401  (also lets diffusers check a passed GriffinLimVocoder's type)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from .devices import DeviceSpec
 from .events import CancelFlag
-from .registry import ModelEntry, ModelLoadError
+from .registry import ModelEntry, ModelLoadError, read_model_index
 from .x0 import predict_x0
 
 MAX_DURATION = 30.0
@@ -72,6 +80,69 @@ class AudioResult:
     x0_mels: Optional[np.ndarray] = None  # (steps, frames, n_mels): each x0 decoded
 
 
+class GriffinLimVocoder(ModelMixin, ConfigMixin):
+    """A vocoder without weights: log-mel (B, frames, n_mels) -> waveform (B, frames * hop) by Griffin-Lim
+    (Griffin & Lim 1984; librosa's NNLS mel inversion then ``n_iter`` iterations of phase recovery, random phases
+    drawn from a fixed seed, so a spectrogram always gives the same sound). A drop-in for ``SpeechT5HifiGan`` in
+    ``AudioLDMPipeline``: its config also carries the names the pipeline reads, ``sampling_rate``,
+    ``upsample_rates`` (their product is the hop) and ``model_in_dim`` (the number of mel bands)."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, sampling_rate: int = 16_000, n_fft: int = 1024, hop_length: int = 256, n_mels: int = 128,
+                 fmin: float = 0.0, fmax: float = 8000.0, floor: float = 1e-5, n_iter: int = 32,
+                 upsample_rates: Optional[list[int]] = None, model_in_dim: Optional[int] = None) -> None:
+        super().__init__()
+        if sampling_rate != 16_000:
+            raise ValueError(f"GriffinLimVocoder: sampling_rate must be 16000 (the studio's audio rate), got {sampling_rate}.")
+        if upsample_rates is not None and int(np.prod(upsample_rates)) != hop_length:
+            raise ValueError(f"GriffinLimVocoder: upsample_rates {upsample_rates} must multiply to hop_length {hop_length}.")
+        if model_in_dim is not None and model_in_dim != n_mels:
+            raise ValueError(f"GriffinLimVocoder: model_in_dim {model_in_dim} must equal n_mels {n_mels}.")
+        if not 1 <= n_iter <= 1000 or n_fft < hop_length or n_mels < 1:
+            raise ValueError("GriffinLimVocoder: n_iter must be 1-1000, n_fft at least hop_length, n_mels at least 1.")
+        self.register_to_config(upsample_rates=[hop_length], model_in_dim=n_mels)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # gives the module a device and dtype
+
+    @classmethod
+    def from_pretrained(cls, folder: Any, **unused: Any) -> "GriffinLimVocoder":
+        """Build from ``<folder>/config.json`` (there are no weights; loading options are irrelevant)."""
+        config = cls.load_config(folder)
+        if config.get("_class_name") != cls.__name__:
+            raise ValueError(f"{folder}/config.json describes {config.get('_class_name')!r}, not {cls.__name__}.")
+        return cls.from_config(config)
+
+    def save_pretrained(self, folder: Any, **unused: Any) -> None:
+        self.save_config(folder)
+
+    def mel_config(self) -> Any:
+        from .audio import MelConfig
+
+        c = self.config
+        return MelConfig(n_mels=c.n_mels, n_fft=c.n_fft, hop=c.hop_length, fmin=c.fmin, fmax=c.fmax, floor=c.floor)
+
+    @torch.no_grad()
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        from .audio import griffin_lim
+
+        if mel.dim() != 3 or mel.shape[-1] != self.config.n_mels:
+            raise ValueError(f"GriffinLimVocoder reads (batch, frames, {self.config.n_mels}) log-mels, got {tuple(mel.shape)}.")
+        cfg, n = self.mel_config(), mel.shape[1] * self.config.hop_length
+        logmels = np.nan_to_num(mel.detach().float().cpu().numpy())
+        waves = [griffin_lim(m.T, n_samples=n, cfg=cfg, n_iter=self.config.n_iter) for m in logmels]
+        return torch.from_numpy(np.stack(waves))  # (B, samples) float32
+
+
+def _vocoder_override(folder: Any) -> dict[str, Any]:
+    """``{"vocoder": GriffinLimVocoder}`` for a folder whose vocoder is Griffin-Lim, else nothing (diffusers
+    loads a SpeechT5HifiGan itself)."""
+    spec = read_model_index(folder).get("vocoder")
+    if isinstance(spec, list) and len(spec) == 2 and spec[1] == GriffinLimVocoder.__name__:
+        return {"vocoder": GriffinLimVocoder.from_pretrained(f"{folder}/vocoder")}
+    return {}
+
+
 class _UNetTap:
     """Forward hook on the UNet: keeps the latest (guided) noise prediction of each call."""
 
@@ -97,7 +168,8 @@ class AudioLDM:
         from diffusers import AudioLDMPipeline
 
         try:
-            pipe = AudioLDMPipeline.from_pretrained(entry.path, use_safetensors=True, torch_dtype=device.dtype)
+            pipe = AudioLDMPipeline.from_pretrained(entry.path, use_safetensors=True, torch_dtype=device.dtype,
+                                                    **_vocoder_override(entry.path))
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{entry.id}: could not load the AudioLDM folder {entry.path} ({exc})") from exc
         pipe.set_progress_bar_config(disable=True)

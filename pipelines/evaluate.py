@@ -22,6 +22,7 @@ EVALUATORS: dict[str, str] = {
     "shapes-vae": "pipelines.training.vae:evaluate_main",
     "shapes-vqgan": "pipelines.evaluation.vqgan:main",
     "families": "pipelines.evaluation.families:main",
+    "tones-ldm": "pipelines.evaluation.tones:main",
 }
 
 

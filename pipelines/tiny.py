@@ -203,10 +203,12 @@ def build_tiny_t5_tokenizer(folder: Path, model_max_length: int = 16) -> Path:
     return folder
 
 
-def build_tiny_audioldm(folder: Path, *, seed: int = 0) -> Path:
+def build_tiny_audioldm(folder: Path, *, seed: int = 0, vocoder: str = "hifigan") -> Path:
     """A random-weight AudioLDM folder (diffusers ``AudioLDMPipeline``: mel VAE with 1 channel, CLAP text
     encoder, a UNet conditioned on the CLAP text embedding as a class embedding, SpeechT5 HiFi-GAN vocoder,
-    a byte-level BPE Roberta tokenizer with no merges), as a real AudioLDM folder is laid out."""
+    a byte-level BPE Roberta tokenizer with no merges), as a real AudioLDM folder is laid out.
+    ``vocoder="griffin_lim"``: the builtin tones-ldm's weightless Griffin-Lim vocoder instead (16 mel bands,
+    hop 256, 4 iterations)."""
     import json
 
     from diffusers import AudioLDMPipeline, AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -232,12 +234,19 @@ def build_tiny_audioldm(folder: Path, *, seed: int = 0) -> Path:
     (vocab_dir / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
     (vocab_dir / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = RobertaTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77)
-    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
-        model_in_dim=8, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[2, 2],
-        upsample_kernel_sizes=[4, 4], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
-        normalize_before=False))
+    if vocoder == "griffin_lim":
+        from .audio_ldm import GriffinLimVocoder
+
+        voc = GriffinLimVocoder(n_fft=1024, hop_length=256, n_mels=16, n_iter=4)
+    elif vocoder == "hifigan":
+        voc = SpeechT5HifiGan(SpeechT5HifiGanConfig(
+            model_in_dim=8, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[2, 2],
+            upsample_kernel_sizes=[4, 4], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
+            normalize_before=False))
+    else:
+        raise ValueError(f"vocoder must be 'hifigan' or 'griffin_lim', not {vocoder!r}")
     AudioLDMPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler(),
-                     vocoder=vocoder).save_pretrained(folder, safe_serialization=True)
+                     vocoder=voc).save_pretrained(folder, safe_serialization=True)
     import shutil
 
     shutil.rmtree(vocab_dir)

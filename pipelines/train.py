@@ -27,6 +27,9 @@ TARGETS: dict[str, str] = {
     "vqgan": "pipelines.training.vqgan:main",
     "prior": "pipelines.training.prior:main",
     "flow": "pipelines.training.flow:main",
+    "tones_vae": "pipelines.training.tones_vae:main",
+    "tones_clap": "pipelines.training.tones_clap:main",
+    "tones_ldm": "pipelines.training.tones_ldm:main",
 }
 
 

@@ -27,8 +27,25 @@ from ..generation import resolve_seed
 from ..services import Services
 
 PICTURE_SIZE = (512, 128)  # time across, frequency up: one scale for every clip length
-NO_MODEL = ("No audio model is installed yet: put an AudioLDM folder (diffusers `AudioLDMPipeline` format, "
-            "safetensors) under the models folder and reload. The builtin Tones model is still in training.")
+NO_MODEL = ("No audio model is installed: put an AudioLDM folder (diffusers `AudioLDMPipeline` format, "
+            "safetensors) under the models folder and reload. The builtin Tones model ships in "
+            "assets/models/tones-ldm.")
+
+
+def audio_defaults(services: Services, model_id: Optional[str]) -> tuple[int, float]:
+    """(steps, guidance) the form starts from: the model's ``default_settings.json`` when it has one, else
+    AudioLDM's usual values (those of :class:`AudioRequest`)."""
+    from pipelines.default_settings import FILENAME, DefaultSettingsError, read_default_settings
+
+    usual = AudioRequest(prompt="")
+    try:
+        folder = services.registry.get(model_id).path if model_id else None
+        if folder is None or not (folder / FILENAME).is_file():
+            return usual.num_inference_steps, usual.guidance_scale
+        settings = read_default_settings(folder)
+    except (ModelLoadError, DefaultSettingsError):
+        return usual.num_inference_steps, usual.guidance_scale
+    return int(settings["num_inference_steps"]), float(settings["guidance_scale"])
 
 
 @dataclass
@@ -67,10 +84,11 @@ def build_audio_tab(services: Services) -> AudioTab:
                             elem_id="audio-model")
         prompt = gr.Textbox("a high sine tone", label="Prompt", scale=3, elem_id="audio-prompt")
         negative = gr.Textbox("", label="Negative prompt", scale=2)
+    start_steps, start_guidance = audio_defaults(services, choices[0] if choices else None)
     with gr.Row():
         duration = gr.Number(2.0, label=f"Duration (s, up to {MAX_DURATION:g})", elem_id="audio-duration")
-        steps = gr.Slider(1, 200, value=25, step=1, label="Steps")
-        guidance = gr.Slider(0, 15, value=2.5, step=0.5, label="Guidance")
+        steps = gr.Slider(1, 200, value=start_steps, step=1, label="Steps", elem_id="audio-steps")
+        guidance = gr.Slider(0, 15, value=start_guidance, step=0.5, label="Guidance", elem_id="audio-guidance")
         seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
         run = gr.Button("Generate sound", variant="primary", elem_id="audio-generate")
     status = gr.Markdown("", elem_id="audio-status")
@@ -131,4 +149,10 @@ def build_audio_tab(services: Services) -> AudioTab:
         return state["pictures"][k], (runner.sample_rate, sound) if sound is not None else None
 
     step.release(show_step, [trajectory, step], [step_picture, step_player], api_visibility="private")
+
+    def model_picked(model_id):
+        n, g = audio_defaults(services, model_id)
+        return gr.Slider(value=n), gr.Slider(value=g)
+
+    model.change(model_picked, [model], [steps, guidance], api_visibility="private")
     return AudioTab(finished=finished)
