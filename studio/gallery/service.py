@@ -337,6 +337,19 @@ class Gallery:
             raise KeyError(gen_id)
         return self.store.resolve(row.media_path), row.media_type
 
+    def sound_error(self, gen_id: int) -> str | None:
+        """None when gallery item ``gen_id``'s WAV reads; else why it cannot be played (missing, not a WAV)."""
+        from pipelines.audio import read_wav
+
+        try:
+            path, _ = self.read_media(gen_id)
+            read_wav(path.read_bytes())
+        except KeyError:
+            return f"gallery item #{gen_id} does not exist"
+        except (OSError, ValueError) as exc:
+            return f"its sound file cannot be played: {exc}"
+        return None
+
     def load_image(self, gen_id: Any) -> Image.Image:
         """The RGB image of gallery item ``gen_id``; ValueError with a message for anything else."""
         try:

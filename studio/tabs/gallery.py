@@ -112,11 +112,16 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
             return None, "Select an item.", None, None, None, gr.Slider(), "☆ Favourite", gr.Audio(visible=False)
         path = str(gallery.store.resolve(row.media_path))
         sound = gr.Audio(visible=False, value=None)
+        problem = None
         if row.media_type == "audio":  # the picture is its spectrogram; the player plays the WAV
-            sound = gr.Audio(visible=True, value=path)
+            problem = gallery.sound_error(row.id)
+            if problem is None:
+                sound = gr.Audio(visible=True, value=path)
             path = str(gallery.store.resolve(row.thumb_path)) if row.thumb_path else None
         noisy, x0, steps = _trajectory(gallery, row, step)
         info = f"#{row.id} · {row.model_id} · {row.created_at:%Y-%m-%d %H:%M} · {row.status}"
+        if problem is not None:
+            info += f" · ⚠ {problem}"
         return (path, info, row.params, noisy, x0, gr.Slider(maximum=max(steps, 2), value=min(step, max(steps, 1))),
                 "★ Favourite" if row.favourite else "☆ Favourite", sound)
 

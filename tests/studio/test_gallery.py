@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, inspect, text
 from studio.gallery import (
     Gallery,
     GalleryError,
+    GalleryQuery,
     encode_png,
     read_png_params,
 )
@@ -259,3 +260,26 @@ def test_audio_is_saved_as_a_wav_carrying_its_parameters(tmp_path: Path) -> None
         assert rate == 16_000 and found == params and len(samples) == len(y)
         assert gal.store.exists(row.thumb_path)
         assert gal.delete(gen_id) and not path.exists() and not gal.store.exists(row.thumb_path)
+
+
+def test_a_corrupt_wav_is_reported_for_its_row_and_the_rest_works(tmp_path: Path) -> None:
+    import numpy as np
+
+    from pipelines import audio
+    from pipelines.worlds import tones
+
+    y = tones.render(tones.sample_recipe(np.random.default_rng(1)))
+    picture = audio.spectrogram_image(audio.log_mel(y))
+    with Gallery.open(tmp_path / "g") as gal:
+        good = gal.save_audio(y, spectrogram=picture, params={"prompt": "a high sine tone", "seed": 1},
+                              fields={"family": "audio_ldm"})
+        bad = gal.save_audio(y, spectrogram=picture, params={"prompt": "a low saw tone", "seed": 2},
+                             fields={"family": "audio_ldm"})
+        gal.read_media(bad)[0].write_bytes(b"RIFF\x00\x00 this is not a wave file")
+        assert gal.sound_error(good) is None
+        message = gal.sound_error(bad)
+        assert message is not None and "cannot be played" in message
+        assert gal.sound_error(10_000) == "gallery item #10000 does not exist"
+        assert {r.id for r in gal.search(GalleryQuery())[0]} == {good, bad}  # the listing still works
+        samples, rate, params = audio.read_wav(gal.read_media(good)[0].read_bytes())
+        assert params["prompt"] == "a high sine tone" and len(samples) == len(y)
