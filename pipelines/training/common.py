@@ -245,3 +245,17 @@ def progress(total: int, initial: int = 0, desc: str = "train") -> Any:
     interactive = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, unit="step",
                 mininterval=0.5 if interactive else 30.0)
+
+
+def init_from_export(model: Any, cls: Any, folder: Path, cfg: dict[str, Any], flag: str, hint: str,
+                     extra: dict[str, Any], omit: tuple[str, ...] = ()) -> None:
+    """Start ``model`` from the exported weights in ``folder`` (``--init-unet`` / ``--init-transformer``): its
+    config must equal ``cfg`` (else SystemExit naming ``flag`` and the options to check, ``hint``); records
+    where it came from (its training.json less ``omit``) in ``extra["init_from"]``. The caller makes a new EMA."""
+    init = cls.from_pretrained(folder, use_safetensors=True)
+    if any(json.dumps(init.config.get(k)) != json.dumps(v) for k, v in cfg.items()):
+        raise SystemExit(f"{flag} {folder}: its config differs from this run's (check {hint})")
+    model.load_state_dict(init.state_dict())
+    info = Path(folder) / "training.json"
+    extra["init_from"] = ({k: v for k, v in json.loads(info.read_text()).items() if k not in omit}
+                          if info.is_file() else str(folder))

@@ -139,15 +139,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
              "vae_hash": str(pool.get("vae_hash", "")), "scaling_factor": float(pool["scaling_factor"])}
     start = 0
     if args.init_transformer is not None and not (args.resume and ckpt.path.is_file()):
-        init = DiTTransformer2DModel.from_pretrained(args.init_transformer)
-        if any(json.dumps(init.config.get(k)) != json.dumps(v) for k, v in cfg.items()):
-            raise SystemExit(f"--init-transformer {args.init_transformer}: its config differs from this run's "
-                             "(check --hidden and --layers)")
-        model.load_state_dict(init.state_dict())
+        common.init_from_export(model, DiTTransformer2DModel, args.init_transformer, cfg, "--init-transformer",
+                                "--hidden and --layers", extra, omit=("id2label",))
         ema = common.EMA(model, decay=args.ema_decay)
-        info = Path(args.init_transformer) / "training.json"
-        extra["init_from"] = ({k: v for k, v in json.loads(info.read_text()).items() if k != "id2label"}
-                              if info.is_file() else str(args.init_transformer))
     if args.resume:
         state = ckpt.load(model, optimizer, ema)
         if state is not None:

@@ -209,14 +209,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
              "vae_hash": str(pool.get("vae_hash", "")), "scaling_factor": float(pool["scaling_factor"])}
     start = 0
     if args.init_unet is not None and not (args.resume and ckpt.path.is_file()):
-        init = UNet2DConditionModel.from_pretrained(args.init_unet)
-        if any(json.dumps(init.config.get(k)) != json.dumps(v) for k, v in cfg.items()):
-            raise SystemExit(f"--init-unet {args.init_unet}: its config differs from this run's "
-                             "(check --widths, --layers, --no-text-time)")
-        unet.load_state_dict(init.state_dict())
+        common.init_from_export(unet, UNet2DConditionModel, args.init_unet, cfg, "--init-unet",
+                                "--widths, --layers, --no-text-time", extra)
         ema = common.EMA(unet, decay=args.ema_decay)
-        info = Path(args.init_unet) / "training.json"
-        extra["init_from"] = json.loads(info.read_text()) if info.is_file() else str(args.init_unet)
     if args.resume:
         state = ckpt.load(unet, optimizer, ema)
         if state is not None:
