@@ -122,7 +122,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         build_token_pool(vqgan_dir, pool_path, args.pool, seed=args.seed + 20_000, device=device)
     pool = torch.load(pool_path, map_location="cpu", weights_only=True)
     tokens = pool["tokens"].long().to(device)
-    embeddings = table.embeddings.to(device)
+    table.embeddings = table.embeddings.to(device)  # lookups then index it where it lives
     vq_cfg = json.loads((vqgan_dir / "config.json").read_text())
     grid = int(round(tokens.shape[1] ** 0.5))
     cfg = prior_config(args, int(vq_cfg["num_vq_embeddings"]), grid, int(table.embeddings.shape[-1]))
@@ -157,8 +157,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         rows = rng.integers(len(tokens), size=args.batch_size)
         captions = sample_captions(pool, rows, rng, args.drop_prob, args.uncond_prob)
         target = tokens[torch.from_numpy(rows).to(device)]
-        text_states = embeddings[torch.tensor([table.rows[c] for c in captions], device=device)]
-        logits = prior(torch.cat([bos, target[:, :-1]], dim=1), text_states=text_states)
+        logits = prior(torch.cat([bos, target[:, :-1]], dim=1), text_states=table.lookup(captions))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
