@@ -23,6 +23,7 @@ EVALUATORS: dict[str, str] = {
     "shapes-vqgan": "pipelines.evaluation.vqgan:main",
     "families": "pipelines.evaluation.families:main",
     "tones-ldm": "pipelines.evaluation.tones:main",
+    "motion-ldm": "pipelines.evaluation.motion:main",
 }
 
 

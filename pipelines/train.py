@@ -30,6 +30,7 @@ TARGETS: dict[str, str] = {
     "tones_vae": "pipelines.training.tones_vae:main",
     "tones_clap": "pipelines.training.tones_clap:main",
     "tones_ldm": "pipelines.training.tones_ldm:main",
+    "motion": "pipelines.training.motion:main",
 }
 
 

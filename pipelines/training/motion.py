@@ -1,0 +1,373 @@
+"""Train the builtin text-to-video model: ``python -m pipelines.train motion``.
+
+AnimateDiff (Guo et al. 2023, "AnimateDiff: Animate Your Personalized Text-to-Image Diffusion
+Models without Specific Tuning"): a text-to-image UNet becomes a video model by inserting motion
+modules, temporal transformers that attend across frames at each spatial position, after the
+UNet's spatial blocks (diffusers ``MotionAdapter`` + ``UNetMotionModel``). The spatial layers
+start from the shipped ``shapes-ldm`` UNet, which already draws Shapes; the motion modules start
+as the identity (their output projections are zeroed), so step 0 samples every frame as an
+independent image. Training denoises VAE latents of Motion-world clips (16 frames of 16x16x4)
+with the shapes-ldm objective: epsilon on SD's scaled-linear schedule, Min-SNR weighting, offset
+noise (shared by the clip's frames), captions dropped to "" for classifier-free guidance.
+
+Unlike AnimateDiff's recipe the spatial layers are fine-tuned too (at ``--spatial-lr-scale`` of
+the LR): the motion modules read no text, so "moving left" must reach them through the spatial
+cross-attention, and ``UNetMotionModel`` has no ``addition_embed_type="text"`` (shapes-ldm's
+pooled-text embedding), so the spatial layers have to re-learn without it.
+
+``python -m pipelines.training.motion pack RUN OUT`` writes an ``AnimateDiffPipeline`` folder:
+``unet/`` (the fine-tuned spatial ``UNet2DConditionModel``), ``motion_adapter/``
+(``MotionAdapter``), shapes-ldm's VAE, text tower, tokenizer and scheduler.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.training import common, latents as lat
+from pipelines.training.ldm import SCHEDULER_CFG, min_snr_weights
+
+BASE_MODEL = Path("assets/models/shapes-ldm")
+_SIZE_CODES = ("small", "large", "growing", "shrinking")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(steps=2000, batch_size=4, lr=2e-4, checkpoint_every=50)
+    parser.add_argument("--base", type=Path, default=BASE_MODEL, help="text-to-image folder the spatial layers start from")
+    parser.add_argument("--pool", type=int, default=4000, help="clips in the latent pool")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--latents", type=Path, default=None, help="latent pool (default <run-dir>/latents.pt)")
+    parser.add_argument("--heads", type=int, default=4, help="motion-module attention heads")
+    parser.add_argument("--mid-motion", action="store_true", help="a motion module in the mid block too")
+    parser.add_argument("--spatial-lr-scale", type=float, default=0.5)
+    parser.add_argument("--uncond-prob", type=float, default=0.1)
+    parser.add_argument("--drop-prob", type=float, default=0.3)
+    parser.add_argument("--ema-decay", type=float, default=0.995)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1)
+    parser.add_argument("--offset-noise", type=float, default=0.2)
+    parser.add_argument("--snr-gamma", type=float, default=5.0)
+    parser.add_argument("--growth-prob", type=float, default=0.2)
+
+
+ACCELERATED = True
+
+
+# ---------------------------------------------------------------- data
+
+def recipe_codes(recipe: Any) -> list[int]:
+    from pipelines.worlds import motion, shapes
+
+    size = recipe.size if recipe.growth == "none" else recipe.growth
+    return [list(shapes.COLOURS).index(recipe.colour), shapes.SHAPES.index(recipe.shape),
+            list(shapes.BACKGROUNDS).index(recipe.background), motion.DIRECTIONS.index(recipe.direction),
+            _SIZE_CODES.index(size)]
+
+
+def caption_from_codes(codes: Any, rng: np.random.Generator | None, drop_prob: float) -> str:
+    """The Motion caption of a pool row (size word and background dropped at random)."""
+    from pipelines.worlds import motion, shapes
+
+    c, s, b, d, z = (int(v) for v in codes)
+    size = _SIZE_CODES[z]
+    r0, r1 = {"small": (9.0, 9.0), "large": (17.0, 17.0), "growing": (9.0, 17.0), "shrinking": (17.0, 9.0)}[size]
+    recipe = motion.MotionRecipe(list(shapes.COLOURS)[c], shapes.SHAPES[s], list(shapes.BACKGROUNDS)[b],
+                                 motion.DIRECTIONS[d], (32.0, 32.0), 0.0, r0, r1)
+    return motion.caption(recipe, rng, drop_prob)
+
+
+def captions_for(codes: Any) -> list[str]:
+    """Every caption pool rows with these codes can get (size word / background kept or dropped), plus ""."""
+    out = {""}
+    for row in {tuple(int(v) for v in c) for c in codes}:
+        for keep in itertools.product((True, False), repeat=2):
+            flags = iter(keep)
+
+            class _Keep:  # replays the keep flags through motion.caption's own logic
+                @staticmethod
+                def random() -> float:
+                    return 1.0 if next(flags) else 0.0
+
+            out.add(caption_from_codes(row, _Keep(), 0.5))  # type: ignore[arg-type]
+    return sorted(out)
+
+
+def _render_chunk(args: tuple[list[Any], int]) -> np.ndarray:
+    from pipelines.worlds import motion
+
+    recipes, frames = args
+    return np.stack([motion.render_clip(r, frames) for r in recipes])
+
+
+@torch.no_grad()
+def build_pool(vae_dir: Path, out: Path, n: int, frames: int, seed: int, growth_prob: float,
+               device: torch.device | str = "cpu", workers: int = 0, chunk: int = 32) -> Path:
+    """Encode ``n`` Motion clips with the VAE (posterior mean, scaled, fp16) + their recipe codes."""
+    import contextlib
+    import multiprocessing
+
+    from diffusers import AutoencoderKL
+
+    from pipelines.training.vae import to_tensor
+    from pipelines.worlds import motion
+
+    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval().to(device)
+    factor = float(vae.config.scaling_factor)
+    rng = np.random.default_rng(seed)
+    recipes = [motion.sample_recipe(rng, growth_prob=growth_prob) for _ in range(n)]
+    jobs = [(recipes[i:i + chunk], frames) for i in range(0, n, chunk)]
+    out_lat = []
+    bar = common.progress(n, desc="clip latents")
+    with contextlib.ExitStack() as stack:
+        renders = (stack.enter_context(multiprocessing.get_context("fork").Pool(workers)).imap(_render_chunk, jobs)
+                   if workers > 0 else map(_render_chunk, jobs))
+        for clips in renders:
+            b = len(clips)
+            x = to_tensor(clips.reshape(b * frames, *clips.shape[2:])).to(device)
+            z = (vae.encode(x).latent_dist.mean * factor).half().cpu()
+            out_lat.append(z.reshape(b, frames, *z.shape[1:]))
+            bar.update(b)
+    bar.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save({"latents": torch.cat(out_lat), "codes": torch.tensor([recipe_codes(r) for r in recipes],
+                                                                     dtype=torch.int16),
+                "scaling_factor": factor, "seed": seed, "frames": frames, "vae_hash": lat.file_hash(vae_dir)}, tmp)
+    tmp.replace(out)
+    return out
+
+
+class CaptionTable(lat.CaptionTable):
+    """The Motion grammar's captions, encoded once by the frozen text tower."""
+
+    @classmethod
+    def build_motion(cls, text_dir: Path, tokenizer_dir: Path, cache: Path, codes: Any) -> "CaptionTable":
+        """The captions of pool rows with ``codes`` (reloaded from ``cache`` when it has them all)."""
+        key = lat.file_hash(text_dir)
+        captions = captions_for(codes)
+        if cache.is_file():
+            state = torch.load(cache, map_location="cpu", weights_only=True)
+            if state.get("text_hash") == key and set(captions) <= set(state["captions"]):
+                return cls(list(state["captions"]), state["embeddings"])
+        table = cls(captions, lat.encode_prompts(text_dir, tokenizer_dir, captions))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"text_hash": key, "captions": captions, "embeddings": table.embeddings}, cache)
+        return table
+
+
+# ---------------------------------------------------------------- model
+
+def build_model(base: Path, heads: int, mid: bool, max_frames: int = 32) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """``UNetMotionModel`` = the base UNet's spatial layers + fresh motion modules (identity at start)."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    unet2d = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float32, use_safetensors=True)
+    adapter_cfg = {"block_out_channels": list(unet2d.config.block_out_channels),
+                   "motion_layers_per_block": int(unet2d.config.layers_per_block),
+                   "motion_num_attention_heads": heads, "motion_max_seq_length": max_frames,
+                   "use_motion_mid_block": mid, "motion_norm_num_groups": int(unet2d.config.norm_num_groups)}
+    adapter = MotionAdapter(**adapter_cfg)
+    for name, module in adapter.named_modules():
+        if name.endswith("proj_out"):
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+    model = UNetMotionModel.from_unet2d(unet2d, adapter)
+    # the spatial UNet that ships: the base config without the pooled-text embedding it cannot keep
+    spatial_cfg = {k: v for k, v in dict(unet2d.config).items() if not k.startswith("_")}
+    spatial_cfg.update(addition_embed_type=None, addition_embed_type_num_heads=64)
+    return model, spatial_cfg, adapter_cfg
+
+
+def split_model(model: Any, spatial_cfg: dict[str, Any], adapter_cfg: dict[str, Any]) -> tuple[Any, Any]:
+    """The ``UNet2DConditionModel`` and ``MotionAdapter`` whose ``from_unet2d`` rebuilds ``model``."""
+    from diffusers import MotionAdapter, UNet2DConditionModel
+
+    unet2d = UNet2DConditionModel(**spatial_cfg)
+    state = {k: v for k, v in model.state_dict().items() if ".motion_modules." not in k}
+    unet2d.load_state_dict(state, strict=True)
+    adapter = MotionAdapter(**adapter_cfg)
+    motion = {k: v for k, v in model.state_dict().items() if ".motion_modules." in k}
+    missing, unexpected = adapter.load_state_dict(motion, strict=False)
+    if unexpected or any("motion_modules" in k for k in missing):
+        raise RuntimeError(f"motion modules do not fit the adapter: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return unet2d, adapter
+
+
+# ---------------------------------------------------------------- training
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` = that step's pool rows, caption rows, noise and timesteps (from ``(seed, step)``)."""
+
+    def __init__(self, codes: torch.Tensor, shape: tuple[int, ...], rows: dict[str, int], args: argparse.Namespace,
+                 num_train_timesteps: int) -> None:
+        self.codes, self.shape, self.rows, self.args, self.T = codes, shape, rows, args, num_train_timesteps
+
+    def __len__(self) -> int:
+        return int(self.args.steps)
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        a = self.args
+        rng = common.step_rng(a.seed, step)
+        rows = rng.integers(len(self.codes), size=a.batch_size)
+        caps = ["" if rng.random() < a.uncond_prob else caption_from_codes(self.codes[r], rng, a.drop_prob)
+                for r in rows]
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        f, c, h, w = self.shape
+        noise = torch.randn((a.batch_size, c, f, h, w), generator=gen)
+        t = torch.randint(0, self.T, (a.batch_size,), generator=gen)
+        if a.offset_noise > 0:
+            noise = noise + a.offset_noise * torch.randn(a.batch_size, c, 1, 1, 1, generator=gen)
+        return torch.from_numpy(rows), torch.tensor([self.rows[x] for x in caps]), noise, t
+
+
+def main(args: argparse.Namespace) -> dict[str, float]:
+    from diffusers import DDPMScheduler
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    common.seed_everything(args.seed)
+    run_dir = Path(args.run_dir)
+    base = Path(args.base)
+    pool_path = Path(args.latents) if args.latents is not None else run_dir / "latents.pt"
+    if not pool_path.is_file():
+        build_pool(base / "vae", pool_path, args.pool, args.frames, seed=args.seed + 20_000,
+                   growth_prob=args.growth_prob, device=device, workers=args.workers)
+    pool = torch.load(pool_path, map_location="cpu", weights_only=True)
+    table = CaptionTable.build_motion(base / "text_encoder", base / "tokenizer", run_dir / "captions.pt", pool["codes"])
+    latents_all = pool["latents"].to(device)          # (N, F, C, H, W)
+    embeddings = table.embeddings.to(device)
+    model, spatial_cfg, adapter_cfg = build_model(base, args.heads, args.mid_motion)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    motion_params = [p for n, p in model.named_parameters() if ".motion_modules." in n]
+    spatial_params = [p for n, p in model.named_parameters() if ".motion_modules." not in n]
+    optimizer = torch.optim.AdamW([{"params": motion_params, "lr_scale": 1.0},
+                                   {"params": spatial_params, "lr_scale": args.spatial_lr_scale}],
+                                  lr=args.lr, weight_decay=0.0)
+    noise_sched = DDPMScheduler(**SCHEDULER_CFG)
+    alphas = noise_sched.alphas_cumprod.float().to(device)
+    ema = common.EMA(model, decay=args.ema_decay)
+    ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
+    extra = {"spatial_config": json.dumps(spatial_cfg), "adapter_config": json.dumps(adapter_cfg),
+             "base": str(base), "base_hash": lat.file_hash(base / "unet"), "frames": int(pool["frames"])}
+    start = 0
+    if args.resume:
+        state = ckpt.load(model, optimizer, ema)
+        if state is not None:
+            start = int(state["step"])
+    model.to(device)
+    log = common.LossLog(run_dir / "loss.jsonl", resume_step=start if args.resume else None)
+    (run_dir / "config.json").write_text(json.dumps({"spatial": spatial_cfg, "adapter": adapter_cfg,
+                                                     "params": n_params, "scheduler": SCHEDULER_CFG,
+                                                     "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+    stop = min(args.steps, args.stop_at) if args.stop_at is not None else args.steps
+    budget = common.TimeBudget(args.time_budget, start)
+    shape = tuple(latents_all.shape[1:])
+    batches = torch.utils.data.DataLoader(StepBatches(pool["codes"], shape, table.rows, args,
+                                                      noise_sched.config.num_train_timesteps),
+                                          batch_size=None, sampler=range(start, stop), num_workers=args.workers)
+    bar = common.progress(args.steps, initial=start, desc=f"motion {n_params / 1e6:.1f}M")
+    t0 = time.time()
+    for step, (rows, cap_rows, noise, t) in enumerate(batches, start=start):
+        lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=args.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        x0 = latents_all[rows.to(device)].float().permute(0, 2, 1, 3, 4)   # (B, C, F, H, W)
+        frames = x0.shape[2]
+        cond = embeddings[cap_rows.to(device)].repeat_interleave(frames, dim=0)
+        noise, t = noise.to(device), t.to(device)
+        noisy = noise_sched.add_noise(x0, noise, t)
+        pred = model(noisy, t, encoder_hidden_states=cond).sample
+        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3, 4))
+        loss = (per * min_snr_weights(alphas, t, args.snr_gamma)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = common.clip_grad(model.parameters(), 1.0)
+        optimizer.step()
+        ema.decay = min(args.ema_decay, (1 + step) / (10 + step))
+        ema.update(model)
+        loss_value = loss.item()
+        log.log(step + 1, loss=loss_value, mse=per.mean().item(), lr=lr, grad_norm=gnorm)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+        stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
+        if ckpt.due(step + 1) or step + 1 == stop:
+            ema.decay = args.ema_decay
+            ckpt.save(step + 1, model, optimizer, ema, extra=extra)
+        if step + 1 >= stop:
+            break
+    bar.close()
+    result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
+    if common.stopped_early(stop, args):
+        return result
+    pack(run_dir, Path(args.out) if args.out is not None else run_dir / "pack")
+    print(json.dumps(result))
+    return result
+
+
+# ---------------------------------------------------------------- export
+
+def pack(run_dir: Path, out: Path, use_ema: bool = True, default_steps: int = 10, default_guidance: float = 3.0,
+         fps: int = 8) -> Path:
+    """Write the ``AnimateDiffPipeline`` folder of ``<run-dir>/checkpoint.pt``."""
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    extra = state["extra"]
+    spatial_cfg, adapter_cfg = json.loads(extra["spatial_config"]), json.loads(extra["adapter_config"])
+    from diffusers import UNet2DConditionModel
+
+    model = UNetMotionModel.from_unet2d(UNet2DConditionModel(**spatial_cfg), MotionAdapter(**adapter_cfg))
+    common.load_trained(model, state, use_ema)
+    unet2d, adapter = split_model(model, spatial_cfg, adapter_cfg)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base = Path(extra["base"])
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        shutil.copytree(base / part, tmp / part)
+    unet2d.save_pretrained(tmp / "unet", safe_serialization=True)
+    adapter.save_pretrained(tmp / "motion_adapter", safe_serialization=True)
+    base_index = json.loads((base / "model_index.json").read_text())
+    index = {"_class_name": "AnimateDiffPipeline", "_diffusers_version": base_index.get("_diffusers_version"),
+             "vae": base_index["vae"], "text_encoder": base_index["text_encoder"],
+             "tokenizer": base_index["tokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "motion_adapter": ["diffusers", "MotionAdapter"], "scheduler": base_index["scheduler"],
+             "feature_extractor": [None, None], "image_encoder": [None, None]}
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    (tmp / "default_settings.json").write_text(json.dumps(
+        {"guidance_scale": default_guidance, "num_inference_steps": default_steps, "scheduler": "dpmpp_2m",
+         "num_frames": int(extra.get("frames", 16)), "fps": fps}, indent=2))
+    (tmp / "training.json").write_text(json.dumps({"step": int(state["step"]), "base": str(base),
+                                                   "base_hash": extra.get("base_hash")}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
+def _cli(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m pipelines.training.motion")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pk = sub.add_parser("pack", help="write the AnimateDiffPipeline folder of a run")
+    pk.add_argument("run_dir", type=Path)
+    pk.add_argument("out", type=Path)
+    pk.add_argument("--steps", type=int, default=10)
+    pk.add_argument("--guidance", type=float, default=3.0)
+    pk.add_argument("--no-ema", action="store_true")
+    a = p.parse_args(argv)
+    if a.cmd == "pack":
+        print(pack(a.run_dir, a.out, use_ema=not a.no_ema, default_steps=a.steps, default_guidance=a.guidance))
+
+
+if __name__ == "__main__":
+    _cli(sys.argv[1:])
