@@ -10,10 +10,13 @@ independent image. Training denoises VAE latents of Motion-world clips (16 frame
 with the shapes-ldm objective: epsilon on SD's scaled-linear schedule, Min-SNR weighting, offset
 noise (shared by the clip's frames), captions dropped to "" for classifier-free guidance.
 
-Unlike AnimateDiff's recipe the spatial layers are fine-tuned too (at ``--spatial-lr-scale`` of
-the LR): the motion modules read no text, so "moving left" must reach them through the spatial
-cross-attention, and ``UNetMotionModel`` has no ``addition_embed_type="text"`` (shapes-ldm's
-pooled-text embedding), so the spatial layers have to re-learn without it.
+Unlike AnimateDiff's recipe the spatial transformer blocks (self- and text cross-attention) are
+fine-tuned too, at ``--spatial-lr-scale`` of the LR (``--spatial all`` trains the ResNets as well,
+``none`` freezes them): the motion modules read no text, so "moving left" must reach them through
+the spatial cross-attention, and ``UNetMotionModel`` has no ``addition_embed_type="text"``
+(shapes-ldm's pooled-text embedding), so the text has to steer the frames through cross-attention
+alone. Frozen layers in front of the first trained one need no backward pass, which is most of the
+16x16 level's cost.
 
 ``python -m pipelines.training.motion pack RUN OUT`` writes an ``AnimateDiffPipeline`` folder:
 ``unet/`` (the fine-tuned spatial ``UNet2DConditionModel``), ``motion_adapter/``
@@ -42,18 +45,21 @@ _SIZE_CODES = ("small", "large", "growing", "shrinking")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(steps=2000, batch_size=4, lr=2e-4, checkpoint_every=50)
+    parser.set_defaults(steps=2000, batch_size=4, lr=5e-4, checkpoint_every=50)
     parser.add_argument("--base", type=Path, default=BASE_MODEL, help="text-to-image folder the spatial layers start from")
     parser.add_argument("--pool", type=int, default=4000, help="clips in the latent pool")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--latents", type=Path, default=None, help="latent pool (default <run-dir>/latents.pt)")
     parser.add_argument("--heads", type=int, default=4, help="motion-module attention heads")
     parser.add_argument("--mid-motion", action="store_true", help="a motion module in the mid block too")
-    parser.add_argument("--spatial-lr-scale", type=float, default=0.5)
+    parser.add_argument("--spatial", choices=("all", "attention", "none"), default="attention",
+                        help="which spatial layers train with the motion modules (attention: the spatial "
+                             "transformer blocks, text cross-attention included)")
+    parser.add_argument("--spatial-lr-scale", type=float, default=0.2)
     parser.add_argument("--uncond-prob", type=float, default=0.1)
     parser.add_argument("--drop-prob", type=float, default=0.3)
     parser.add_argument("--ema-decay", type=float, default=0.995)
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--min-lr-ratio", type=float, default=0.1)
     parser.add_argument("--offset-noise", type=float, default=0.2)
     parser.add_argument("--snr-gamma", type=float, default=5.0)
@@ -250,7 +256,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     motion_params = [p for n, p in model.named_parameters() if ".motion_modules." in n]
-    spatial_params = [p for n, p in model.named_parameters() if ".motion_modules." not in n]
+    spatial_params = [p for n, p in model.named_parameters() if ".motion_modules." not in n
+                      and (args.spatial == "all" or (args.spatial == "attention" and ".attentions." in n))]
+    trained_ids = {id(p) for p in motion_params + spatial_params}
+    for p in model.parameters():  # frozen layers before the first trained one then need no backward at all
+        p.requires_grad_(id(p) in trained_ids)
     optimizer = torch.optim.AdamW([{"params": motion_params, "lr_scale": 1.0},
                                    {"params": spatial_params, "lr_scale": args.spatial_lr_scale}],
                                   lr=args.lr, weight_decay=0.0)
@@ -292,7 +302,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         loss = (per * min_snr_weights(alphas, t, args.snr_gamma)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = common.clip_grad(model.parameters(), 1.0)
+        gnorm = common.clip_grad(motion_params + spatial_params, 1.0)
         optimizer.step()
         ema.decay = min(args.ema_decay, (1 + step) / (10 + step))
         ema.update(model)
