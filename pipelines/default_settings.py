@@ -12,6 +12,8 @@ Example file::
 
     {"guidance_scale": 2.0, "num_inference_steps": 25, "scheduler": "dpmpp_2m",
      "note": "judge accuracy peaks at guidance 2-3 (python -m pipelines.evaluate shapes-ldm)"}
+
+A video model may add ``"num_frames"`` and ``"fps"`` (what the Video tab starts from).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from typing import Any
 FILENAME = "default_settings.json"
 FALLBACK: dict[str, Any] = {"guidance_scale": 7.5, "num_inference_steps": 25, "scheduler": None,
                             "temperature": 1.0, "top_k": 0}  # the last two: token (autoregressive) models
+# Video models may also set these (returned only when the file has them, so image models' settings stay as they were).
+VIDEO_FALLBACK: dict[str, Any] = {"num_frames": 16, "fps": 8.0}
 
 
 class DefaultSettingsError(ValueError):
@@ -35,10 +39,10 @@ def _check(path: Path, data: Any) -> dict[str, Any]:
 
     if not isinstance(data, dict):
         raise DefaultSettingsError(f"{path} must hold a JSON object.")
-    unknown = sorted(set(data) - set(FALLBACK) - {"note"})
+    unknown = sorted(set(data) - set(FALLBACK) - set(VIDEO_FALLBACK) - {"note"})
     if unknown:
         raise DefaultSettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
-                                   f"allowed: {', '.join(sorted(FALLBACK))}, note.")
+                                   f"allowed: {', '.join(sorted(FALLBACK) + sorted(VIDEO_FALLBACK))}, note.")
     g = data.get("guidance_scale", FALLBACK["guidance_scale"])
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
         raise DefaultSettingsError(f"{path}: guidance_scale must be a number from 0 to {MAX_GUIDANCE} (got {g!r}).")
@@ -55,8 +59,19 @@ def _check(path: Path, data: Any) -> dict[str, Any]:
     top_k = data.get("top_k", FALLBACK["top_k"])
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise DefaultSettingsError(f"{path}: top_k must be a whole number, 0 (off) or more (got {top_k!r}).")
-    return {"guidance_scale": float(g), "num_inference_steps": steps, "scheduler": sched,
-            "temperature": float(temp), "top_k": top_k}
+    out = {"guidance_scale": float(g), "num_inference_steps": steps, "scheduler": sched,
+           "temperature": float(temp), "top_k": top_k}
+    if "num_frames" in data:
+        frames = data["num_frames"]
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= 1000:
+            raise DefaultSettingsError(f"{path}: num_frames must be a whole number from 1 to 1000 (got {frames!r}).")
+        out["num_frames"] = frames
+    if "fps" in data:
+        fps = data["fps"]
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or not 0 < fps <= 60:
+            raise DefaultSettingsError(f"{path}: fps must be a number above 0 and at most 60 (got {fps!r}).")
+        out["fps"] = float(fps)
+    return out
 
 
 def read_default_settings(folder: Path) -> dict[str, Any]:
@@ -74,7 +89,7 @@ def read_default_settings(folder: Path) -> dict[str, Any]:
 def write_default_settings(folder: Path, guidance_scale: float, num_inference_steps: int = 25,
                            scheduler: str | None = None, note: str = "", **token_sampling: Any) -> Path:
     """Write (validated) defaults into a model folder; returns the file. ``token_sampling``: ``temperature``
-    and ``top_k`` of a token model."""
+    and ``top_k`` of a token model, ``num_frames`` and ``fps`` of a video model."""
     path = Path(folder) / FILENAME
     data: dict[str, Any] = {"guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps,
                             "scheduler": scheduler, **token_sampling}

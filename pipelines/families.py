@@ -16,6 +16,7 @@ FAMILY_CLASSES: dict[str, str] = {
     "flow_matching": "pipelines.flow:FlowMatching",
     "vqgan_prior": "pipelines.token_prior:VQGANTokenPrior",
     "audio_ldm": "pipelines.audio_ldm:AudioLDM",
+    "text_to_video": "pipelines.video:TextToVideo",
 }
 
 # families that draw tokens (temperature and top-k apply; steps = trajectory checkpoints)

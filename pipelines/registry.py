@@ -30,9 +30,11 @@ PIPELINE_FAMILIES: dict[str, str] = {
     "StableDiffusion3Pipeline": "flow_matching",
     "VQGANTokenPriorPipeline": "vqgan_prior",
     "AudioLDMPipeline": "audio_ldm",
+    "TextToVideoSDPipeline": "text_to_video",  # ModelScope style: a UNet3DConditionModel
+    "AnimateDiffPipeline": "text_to_video",  # an image UNet + a MotionAdapter
 }
 # What a family makes (families not named here make images).
-FAMILY_MEDIA: dict[str, str] = {"audio_ldm": "audio"}
+FAMILY_MEDIA: dict[str, str] = {"audio_ldm": "audio", "text_to_video": "video"}
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 _ID_SAFE = re.compile(r"[^A-Za-z0-9._/-]+")
@@ -155,7 +157,7 @@ class ModelRegistry:
         return list(self._entries.values())
 
     def entries(self, media: str | None = "image") -> list[ModelEntry]:
-        """The models that make ``media`` ("image", "audio"; None: every model)."""
+        """The models that make ``media`` ("image", "audio", "video"; None: every model)."""
         if self._entries is None:
             self.refresh()
         return [e for e in self._entries.values() if media is None or e.media == media]

@@ -251,3 +251,98 @@ def build_tiny_audioldm(folder: Path, *, seed: int = 0, vocoder: str = "hifigan"
 
     shutil.rmtree(vocab_dir)
     return Path(folder)
+
+
+def _tiny_clip_text(folder: Path):
+    """A random CLIP text tower (width 32) and a CLIP tokenizer written into ``folder/_tokenizer_src``."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
+        max_position_embeddings=77))
+    tok_dir = write_hf_clip_tokenizer(Path(folder) / "_tokenizer_src")
+    return text_encoder, CLIPTokenizer.from_pretrained(tok_dir), tok_dir
+
+
+def _tiny_video_vae():
+    """A random 4-channel AutoencoderKL that doubles the side (8x8 latents -> 16x16 frames)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                         norm_num_groups=4, sample_size=16)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def build_tiny_text_to_video(folder: Path, *, seed: int = 0) -> Path:
+    """A random-weight ModelScope-style text-to-video folder (diffusers ``TextToVideoSDPipeline``: a
+    ``UNet3DConditionModel`` with temporal convolutions and attention, a CLIP text tower, a VAE that decodes
+    each frame, DDIM as ModelScope ships it). Latents 4 x F x 8 x 8, frames 16 x 16."""
+    from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet3DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4)
+    text_encoder, tokenizer, tok_dir = _tiny_clip_text(folder)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=True)
+    pipe = TextToVideoSDPipeline(vae=_tiny_video_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                 scheduler=scheduler)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    _remove_tree(tok_dir)
+    return Path(folder)
+
+
+def build_tiny_animatediff(folder: Path, *, seed: int = 0, motion_max_seq_length: int = 32,
+                           unet_layout: str = "2d") -> Path:
+    """A random-weight AnimateDiff folder (diffusers ``AnimateDiffPipeline``) in the builtin motion-ldm's
+    layout: an image ``UNet2DConditionModel`` in ``unet/`` and a ``MotionAdapter`` (temporal attention,
+    ``motion_max_seq_length`` frames at most) in ``motion_adapter/``, which the pipeline joins into a
+    ``UNetMotionModel`` when it loads; a CLIP text tower, a VAE, DPM-Solver++ (epsilon);
+    ``feature_extractor`` and ``image_encoder`` null. ``unet_layout="motion"`` saves the joined
+    ``UNetMotionModel`` instead (what ``AnimateDiffPipeline.save_pretrained`` writes). Frames 16 x 16."""
+    import json
+
+    from diffusers import AnimateDiffPipeline, DPMSolverMultistepScheduler, MotionAdapter, UNet2DConditionModel
+
+    if unet_layout not in ("2d", "motion"):
+        raise ValueError(f"unet_layout must be '2d' or 'motion', not {unet_layout!r}")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4)
+    adapter = MotionAdapter(block_out_channels=(8, 16), motion_layers_per_block=1, motion_norm_num_groups=4,
+                            motion_num_attention_heads=2, motion_max_seq_length=motion_max_seq_length)
+    text_encoder, tokenizer, tok_dir = _tiny_clip_text(folder)
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                            prediction_type="epsilon", algorithm_type="dpmsolver++")
+    vae = _tiny_video_vae()
+    folder = Path(folder)
+    if unet_layout == "motion":
+        AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, motion_adapter=adapter,
+                            scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+        _remove_tree(tok_dir)
+        return folder
+    parts = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet,
+             "motion_adapter": adapter, "scheduler": scheduler}
+    for name, part in parts.items():
+        part.save_pretrained(folder / name, **({} if name in ("tokenizer", "scheduler") else {"safe_serialization": True}))
+    import diffusers
+
+    index = {"_class_name": "AnimateDiffPipeline", "_diffusers_version": diffusers.__version__,
+             "feature_extractor": [None, None], "image_encoder": [None, None]}
+    for name, part in parts.items():
+        library = "transformers" if name in ("text_encoder", "tokenizer") else "diffusers"
+        index[name] = [library, type(part).__name__]
+    (folder / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+    _remove_tree(tok_dir)
+    return folder

@@ -10,12 +10,14 @@ from .tabs.embedding_map import HEAD as EMBEDDING_HEAD, build_embedding_map_tab
 from .tabs.generate import build_generate_tab
 from .tabs.guidance import build_guidance_tab
 from .tabs.tokenizer_viewer import build_tokenizer_viewer_tab
+from .tabs.video import build_video_tab
 
 TITLE = "Multimodal Studio"
 # Small models make small images (64 px): show them large and crisp instead of tiny or blurred.
 CSS = """
 .pixel-view img { width: 100% !important; height: 100% !important; object-fit: contain; image-rendering: pixelated; }
 #gallery-grid img, #generate-result img { image-rendering: pixelated; }
+#video-player video, #gallery-video video, #video-frame-strip img { image-rendering: pixelated; }
 """
 HEAD = EMBEDDING_HEAD  # scripts for launch(head=...): the embedding map's hover thumbnails and clicks
 
@@ -35,6 +37,8 @@ def build_app(services: Services) -> gr.Blocks:
                 build_tokenizer_viewer_tab(services)
             with gr.Tab("Audio", id="audio"):
                 audio = build_audio_tab(services)
+            with gr.Tab("Video", id="video"):
+                video = build_video_tab(services)
             with gr.Tab("Gallery", id="gallery"):
                 gallery = build_gallery_tab(services, generate, tabs, guidance)
         refresh_fn, refresh_inputs, refresh_outputs = gallery["refresh"]
@@ -43,7 +47,8 @@ def build_app(services: Services) -> gr.Blocks:
                                     concurrency_limit=None)
         choices_fn, choices_outputs = gallery["choices"]
         # After every finished generation and on every page load the gallery shows the newest items.
-        for finished in [generate.finished, generate.compared, *guidance.finished, audio.finished]:
+        for finished in [generate.finished, generate.compared, *guidance.finished, audio.finished,
+                         video.finished]:
             finished.then(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private",
                           concurrency_limit=None)
         demo.load(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private", concurrency_limit=None)

@@ -4,14 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.tiny import build_tiny_audioldm, build_tiny_dit, build_tiny_sd, build_tiny_sd3, build_tiny_vqgan_prior
+from pipelines.tiny import (build_tiny_animatediff, build_tiny_audioldm, build_tiny_dit, build_tiny_sd, build_tiny_sd3,
+                            build_tiny_vqgan_prior)
 
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
     """A user models folder: a tiny SD model (epsilon), a v-prediction one, a guidance-distilled one
     (no classifier-free guidance), a tiny DiT (DiT-XL-2's layout), a tiny SD3 (flow matching), a tiny VQGAN +
-    token prior, a tiny AudioLDM and a broken copy."""
+    token prior, a tiny AudioLDM, a tiny AnimateDiff (text to video, the builtin motion-ldm's layout) and a broken
+    copy."""
     root = tmp_path_factory.mktemp("models")
     build_tiny_sd(root / "tiny-sd")
     build_tiny_sd(root / "tiny-sd-v", prediction_type="v_prediction", seed=1)
@@ -20,6 +22,7 @@ def tiny_models_dir(tmp_path_factory) -> Path:
     build_tiny_sd3(root / "tiny-sd3")
     build_tiny_vqgan_prior(root / "tiny-vqgan")
     build_tiny_audioldm(root / "tiny-audioldm")
+    build_tiny_animatediff(root / "tiny-animatediff")
     shutil.copytree(root / "tiny-sd", root / "tiny-sd-broken")
     weights = root / "tiny-sd-broken" / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated: the app must name this file

@@ -208,12 +208,38 @@ class Gallery:
         return self._save_media(row_fields, wav_bytes(samples, params), "wav", spectrogram, trajectory,
                                 trajectory_frames)
 
+    def save_video(
+        self,
+        frames: Any,
+        *,
+        fps: float,
+        poster: Image.Image,
+        params: dict[str, Any],
+        fields: dict[str, Any],
+        trajectory: Image.Image | None = None,
+        trajectory_frames: int = 0,
+    ) -> tuple[int, str | None]:
+        """Store a clip ((F, H, W, 3) uint8 frames) as an MP4 carrying ``params`` (an animated PNG when ffmpeg is
+        missing), with ``poster`` as its PNG thumbnail (carrying ``params`` too); return (id, a note when the
+        clip could not be saved as MP4, saying how to fix that)."""
+        from studio.gallery.video_files import encode_clip
+
+        clip = encode_clip(frames, fps, params)
+        if max(poster.size) > THUMB_SIZE:
+            poster = poster.copy()
+            poster.thumbnail((THUMB_SIZE, THUMB_SIZE))
+        row_fields = self._row_fields(poster, params, {"media_type": "video", **fields})
+        gen_id = self._save_media(row_fields, clip.data, clip.suffix, poster, trajectory, trajectory_frames,
+                                  thumb=(encode_png(poster, params), "png"))
+        return gen_id, clip.note
+
     def _save_media(self, row_fields: dict[str, Any], media: bytes, suffix: str, thumb_of: Image.Image,
-                    trajectory: Image.Image | None, trajectory_frames: int) -> int:
+                    trajectory: Image.Image | None, trajectory_frames: int,
+                    thumb: tuple[bytes, str] | None = None) -> int:
         created: list[str] = []
         try:
             row_fields["media_path"] = self._save_tracked(media, suffix, created)
-            thumb, thumb_suffix = make_thumbnail(thumb_of)
+            thumb, thumb_suffix = thumb or make_thumbnail(thumb_of)
             row_fields["thumb_path"] = self._save_tracked(thumb, thumb_suffix, created)
             if trajectory is not None:
                 sprite = _png_bytes(trajectory)
@@ -349,6 +375,18 @@ class Gallery:
         except (OSError, ValueError) as exc:
             return f"its sound file cannot be played: {exc}"
         return None
+
+    def video_error(self, gen_id: int) -> str | None:
+        """None when gallery item ``gen_id``'s clip (MP4 or animated PNG) reads; else why it cannot be played."""
+        from studio.gallery.video_files import clip_error
+
+        try:
+            path, _ = self.read_media(gen_id)
+        except KeyError:
+            return f"gallery item #{gen_id} does not exist"
+        except ValueError as exc:
+            return f"its video file cannot be played: {exc}"
+        return clip_error(path)
 
     def load_image(self, gen_id: Any) -> Image.Image:
         """The RGB image of gallery item ``gen_id``; ValueError with a message for anything else."""

@@ -15,6 +15,7 @@ from ..gallery import GalleryQuery, read_png_params
 from ..generation import recall_values
 from ..services import Services
 from ..sweeps import KINDS as SWEEP_KINDS
+from ..video_generation import sprite_row, wrap_strip
 from .generate import GenerateTab
 from .guidance import GuidanceTab
 
@@ -68,6 +69,8 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
                                        elem_id="gallery-open-sweep")
             detail_audio = gr.Audio(label="Sound", type="filepath", interactive=False, visible=False,
                                     elem_id="gallery-audio")
+            detail_video = gr.Video(label="Clip", interactive=False, visible=False, autoplay=True, loop=True,
+                                    elem_id="gallery-video")
             detail_status = gr.Markdown("Select an item.", elem_id="gallery-detail-status")
         with gr.Column(scale=3):
             d_step = gr.Slider(1, 2, value=1, step=1, label="Trajectory step")
@@ -109,7 +112,8 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
     def show(ids, gen_id, step):
         row = gallery.get(gen_id) if gen_id is not None else None
         if row is None:
-            return None, "Select an item.", None, None, None, gr.Slider(), "☆ Favourite", gr.Audio(visible=False)
+            return (None, "Select an item.", None, None, None, gr.Slider(), "☆ Favourite", gr.Audio(visible=False),
+                    gr.Video(visible=False, value=None))
         path = str(gallery.store.resolve(row.media_path))
         sound = gr.Audio(visible=False, value=None)
         problem = None
@@ -118,12 +122,19 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
             if problem is None:
                 sound = gr.Audio(visible=True, value=path)
             path = str(gallery.store.resolve(row.thumb_path)) if row.thumb_path else None
+        clip = gr.Video(visible=False, value=None)
+        if row.media_type == "video":  # an MP4 plays in the player; an animated PNG (no ffmpeg) plays as the picture
+            problem = gallery.video_error(row.id)
+            if problem is None and path.endswith(".mp4"):
+                clip = gr.Video(visible=True, value=path)
+            if problem is not None or path.endswith(".mp4"):
+                path = str(gallery.store.resolve(row.thumb_path)) if row.thumb_path else None
         noisy, x0, steps = _trajectory(gallery, row, step)
         info = f"#{row.id} · {row.model_id} · {row.created_at:%Y-%m-%d %H:%M} · {row.status}"
         if problem is not None:
             info += f" · ⚠ {problem}"
         return (path, info, row.params, noisy, x0, gr.Slider(maximum=max(steps, 2), value=min(step, max(steps, 1))),
-                "★ Favourite" if row.favourite else "☆ Favourite", sound)
+                "★ Favourite" if row.favourite else "☆ Favourite", sound, clip)
 
     def on_select(ids, evt: gr.SelectData):
         gen_id = ids[evt.index] if evt.index is not None and evt.index < len(ids) else None
@@ -134,7 +145,8 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
         return (gen_id, *show(ids, gen_id, row.trajectory_frames if row else 1),
                 gr.Button(visible=in_group and guidance is not None, value=label))
 
-    detail_outputs = [detail_image, detail_status, detail_params, d_noisy, d_x0, d_step, fav_btn, detail_audio]
+    detail_outputs = [detail_image, detail_status, detail_params, d_noisy, d_x0, d_step, fav_btn, detail_audio,
+                      detail_video]
     grid.select(on_select, page_ids, [selected] + detail_outputs + [open_group_btn], concurrency_limit=None,
                 api_visibility="private")
 
@@ -217,10 +229,15 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
 
 
 def _trajectory(gallery, row, step: int) -> tuple[Image.Image | None, Image.Image | None, int]:
+    """(x_t, x0 estimate, steps) at ``step``; a clip's trajectory is one strip of all frames' x0 per step."""
     if not row.trajectory_path or row.trajectory_frames < 1:
         return None, None, 0
     n = row.trajectory_frames
     with Image.open(gallery.store.resolve(row.trajectory_path)) as sprite:
         sprite.load()
         k = min(max(int(step), 1), n) - 1
+        if row.media_type == "video":
+            frames = (row.params or {}).get("num_frames")
+            strip = sprite_row(sprite, n, k)
+            return None, wrap_strip(strip, frames) if isinstance(frames, int) and frames > 0 else strip, n
         return sprite_frame(sprite, n, 0, k), sprite_frame(sprite, n, 1, k), n

@@ -133,3 +133,32 @@ def test_audio_tab_generates_a_clip_with_a_player_and_a_spectrogram(studio, page
     page.wait_for_selector("#audio-player audio, #audio-player .waveform-container, #audio-player button",
                            timeout=30_000)
     assert page.locator("#audio-spectrogram img").count() == 1
+
+
+def test_video_tab_generates_a_clip_with_a_player_frames_and_measures(studio, page):
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Video").click()
+    model = page.locator("#video-model input")
+    model.fill("local/tiny-animatediff")
+    model.press("Enter")
+    page.locator("#video-prompt textarea").fill("a green triangle moving left")
+    for field, value in (("#video-frames", "4"), ("#video-fps", "8"), ("#video-seed", "5")):
+        page.locator(f"{field} input").fill(value)
+    steps = page.locator("#video-steps input[type=number]")
+    steps.fill("2")
+    steps.press("Enter")
+    page.locator("#video-generate").click()
+    page.wait_for_function("document.querySelector('#video-status').innerText.includes('Done')", timeout=90_000)
+    assert "4 frames at 8 fps" in page.locator("#video-status").inner_text()
+    page.wait_for_selector("#video-player video", timeout=30_000)
+    assert page.locator("#video-player video").get_attribute("src")
+    # the browser decodes the MP4 (H.264): its metadata (duration, size) loads without a media error
+    page.wait_for_function("(v => v && v.readyState >= 1 && !v.error && v.videoWidth === 16)"
+                           "(document.querySelector('#video-player video'))", timeout=30_000)
+    assert "Temporal consistency" in page.locator("#video-measures").inner_text()
+    assert page.locator("#video-frame-strip img").count() == 4
+    assert page.locator("#video-step-strip img").count() == 1
+    # the gallery plays it too
+    page.get_by_role("tab", name="Gallery").click()
+    page.locator("#gallery-grid img").first.click()  # newest first: this clip
+    page.wait_for_selector("#gallery-video video", timeout=30_000)
