@@ -13,7 +13,9 @@ Example file::
     {"guidance_scale": 2.0, "num_inference_steps": 25, "scheduler": "dpmpp_2m",
      "note": "judge accuracy peaks at guidance 2-3 (python -m pipelines.evaluate shapes-ldm)"}
 
-A video model may add ``"num_frames"`` and ``"fps"`` (what the Video tab starts from).
+A video model may add ``"num_frames"`` and ``"fps"`` (what the Video tab starts from), and
+``"noise_correlation"``: the correlation of its frames' initial noise when it was trained on a mixed
+noise prior (the studio then draws the noise the same way).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ FILENAME = "default_settings.json"
 FALLBACK: dict[str, Any] = {"guidance_scale": 7.5, "num_inference_steps": 25, "scheduler": None,
                             "temperature": 1.0, "top_k": 0}  # the last two: token (autoregressive) models
 # Video models may also set these (returned only when the file has them, so image models' settings stay as they were).
-VIDEO_FALLBACK: dict[str, Any] = {"num_frames": 16, "fps": 8.0}
+VIDEO_FALLBACK: dict[str, Any] = {"num_frames": 16, "fps": 8.0, "noise_correlation": 0.0}
 
 
 class DefaultSettingsError(ValueError):
@@ -71,6 +73,11 @@ def _check(path: Path, data: Any) -> dict[str, Any]:
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or not 0 < fps <= 60:
             raise DefaultSettingsError(f"{path}: fps must be a number above 0 and at most 60 (got {fps!r}).")
         out["fps"] = float(fps)
+    if "noise_correlation" in data:  # a video model trained on a mixed noise prior (see pipelines.video)
+        rho = data["noise_correlation"]
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or not 0 <= rho < 1:
+            raise DefaultSettingsError(f"{path}: noise_correlation must be a number from 0 to below 1 (got {rho!r}).")
+        out["noise_correlation"] = float(rho)
     return out
 
 

@@ -46,6 +46,17 @@ MAX_FRAMES_3D_UNET = 64
 MAX_FPS = 60.0  # playback speed of the saved file; more is not a video anyone can watch on these models
 
 
+def mixed_noise(noise: torch.Tensor, correlation: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mixed noise prior (Ge et al. 2023, "Preserve Your Own Correlation", PYoCo): each frame's noise is
+    ``sqrt(rho) * shared + sqrt(1 - rho) * own`` for noise shaped (B, C, F, H, W), so every frame is still
+    N(0, 1) (the scheduler's maths is unchanged) while any two frames correlate by ``rho``."""
+    if correlation <= 0:
+        return noise
+    b, c, _, h, w = noise.shape
+    shared = torch.randn((b, c, 1, h, w), generator=generator, dtype=noise.dtype)
+    return correlation ** 0.5 * shared.to(noise.device) + (1 - correlation) ** 0.5 * noise
+
+
 @dataclass(frozen=True)
 class VideoRequest:
     """One text-to-video request (argument names shared with the image and audio families)."""
@@ -182,8 +193,11 @@ class TextToVideo:
 
     family = "text_to_video"
 
-    def __init__(self, pipe: Any, model_id: str, taesd_dir: Optional[Path] = None) -> None:
+    def __init__(self, pipe: Any, model_id: str, taesd_dir: Optional[Path] = None,
+                 noise_correlation: float = 0.0) -> None:
         self.pipe, self.model_id = pipe, model_id
+        # a model trained on a mixed noise prior says so in default_settings.json; its clips start from such noise
+        self.noise_correlation = float(noise_correlation)
         self.is_animatediff = hasattr(pipe, "motion_adapter")
         self._scheduler_config = pipe.scheduler.config  # the model's own schedule settings
         self._default_scheduler_cls = type(pipe.scheduler)
@@ -206,7 +220,13 @@ class TextToVideo:
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"Could not load the text-to-video folder {entry.path}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device.device), entry.id, find_taesd(entry.path))
+        from .default_settings import DefaultSettingsError, read_default_settings
+
+        try:
+            rho = read_default_settings(entry.path).get("noise_correlation", 0.0)
+        except DefaultSettingsError:
+            rho = 0.0  # the Video tab shows the file's problem; sample from independent noise
+        return cls(pipe.to(device.device), entry.id, find_taesd(entry.path), noise_correlation=rho)
 
     # -- what the model allows ---------------------------------------------------------------------------
     @property
@@ -246,7 +266,8 @@ class TextToVideo:
     def initial_noise(self, req: VideoRequest, height: int, width: int) -> torch.Tensor:
         f = self.pipe.vae_scale_factor
         shape = (1, self.pipe.unet.config.in_channels, req.num_frames, height // f, width // f)  # (B, C, F, h, w)
-        return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(req.seed), dtype=torch.float32)
+        gen = torch.Generator("cpu").manual_seed(req.seed)
+        return mixed_noise(torch.randn(shape, generator=gen, dtype=torch.float32), self.noise_correlation, gen)
 
     @torch.no_grad()
     def generate(self, req: VideoRequest, on_step: Optional[StepCallback] = None,
@@ -274,6 +295,7 @@ class TextToVideo:
         frames = np.clip(np.round(video * 255.0), 0, 255).astype(np.uint8)
         result = VideoResult(frames=frames, fps=float(req.fps),
                              params={**req.params(), "model_id": self.model_id, "family": self.family,
+                                     "noise_correlation": self.noise_correlation,
                                      "scheduler_used": scheduler_name_of(pipe.scheduler)},
                              model_id=self.model_id, family=self.family, seconds=time.perf_counter() - start,
                              warnings=self.prompt_warnings(req))

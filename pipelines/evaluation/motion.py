@@ -2,8 +2,9 @@
 
 Generates the fixed prompt set :func:`pipelines.worlds.motion.eval_prompts` (120 clips, the five directions
 in turn, colours, shapes and backgrounds spread evenly; the full caption of each, e.g. "a large red circle
-moving left on a white background") with diffusers' ``AnimateDiffPipeline`` loaded from the model folder
-(fp32, CPU), prompt ``i`` from ``torch.Generator().manual_seed(seed + i)``, and judges every clip with
+moving left on a white background") through the studio's own loaded model (the registry's entry for the
+folder -> :class:`pipelines.video.TextToVideo`, fp32 on the CPU; prompt ``i`` with seed ``seed + i``, so each
+clip is exactly what the Video tab makes for that prompt and seed), and judges every clip with
 :mod:`pipelines.judges.motion`: direction of the centroid track, colour / shape / background by majority
 over frames, ``all`` = every attribute right. Temporal consistency (frame-difference agreement, lower is
 smoother) is averaged over the generated clips and over ground-truth clips of the same recipes; the ratio
@@ -35,28 +36,31 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: the model's")
     parser.add_argument("--frames", type=int, default=None, help="default: the model's")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N of the 120 prompts")
-    parser.add_argument("--batch", type=int, default=8, help="prompts per pipeline call")
+    parser.add_argument("--batch", type=int, default=8, help="prompts per progress line")
     parser.add_argument("--timing-runs", type=int, default=2, help="timed single-clip runs (0: none)")
     parser.add_argument("--json", type=Path, default=Path("runs/eval/motion-ldm.json"))
 
 
-def load_pipeline(folder: Path) -> tuple[Any, dict[str, Any]]:
-    from diffusers import AnimateDiffPipeline
+def load_model(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """The studio's :class:`pipelines.video.TextToVideo` for the model folder (fp32, CPU) and its defaults."""
+    from pipelines.default_settings import read_default_settings
+    from pipelines.devices import resolve_device
+    from pipelines.families import load_model as load_family
+    from pipelines.registry import ModelRegistry
 
-    pipe = AnimateDiffPipeline.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    settings = Path(folder) / "default_settings.json"
-    return pipe, json.loads(settings.read_text()) if settings.is_file() else {}
+    folder = Path(folder).resolve()
+    entry = ModelRegistry(builtin_dir=folder.parent).get(f"builtin/{folder.name}")
+    return load_family(entry, resolve_device("cpu")), read_default_settings(folder)
 
 
-@torch.no_grad()
-def sample(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], guidance: float, steps: int,
-           frames: int) -> np.ndarray:
-    """uint8 clips (N, F, 64, 64, 3); prompt i from ``manual_seed(seeds[i])``."""
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    out = pipe(list(prompts), num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
-               generator=gens, output_type="np").frames
-    return (np.clip(np.asarray(out), 0, 1) * 255).round().astype(np.uint8)
+def sample(model: Any, prompts: Sequence[str], seeds: Sequence[int], guidance: float, steps: int,
+           frames: int) -> list[np.ndarray]:
+    """uint8 clips (F, 64, 64, 3), each exactly the studio's request with that prompt and seed."""
+    from pipelines.video import VideoRequest
+
+    return [model.generate(VideoRequest(prompt=p, num_frames=frames, num_inference_steps=steps,
+                                        guidance_scale=guidance, seed=int(s), capture_trajectory=False)).frames
+            for p, s in zip(prompts, seeds, strict=True)]
 
 
 def judge_clips(clips: Sequence[np.ndarray], recipes: Sequence[Any]) -> dict[str, float]:
@@ -74,7 +78,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     folder = Path(args.weights) if args.weights is not None else DEFAULT_WEIGHTS
-    pipe, defaults = load_pipeline(folder)
+    model, defaults = load_model(folder)
     steps = args.steps or int(defaults.get("num_inference_steps", 10))
     frames = args.frames or int(defaults.get("num_frames", 16))
     default_g = float(defaults.get("guidance_scale", 3.0))
@@ -92,7 +96,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.time()
         clips: list[np.ndarray] = []
         for i in range(0, len(prompts), args.batch):
-            clips.extend(sample(pipe, prompts[i:i + args.batch], range(args.seed + i, args.seed + i + len(
+            clips.extend(sample(model, prompts[i:i + args.batch], range(args.seed + i, args.seed + i + len(
                 prompts[i:i + args.batch])), g, steps, frames))
         res = judge_clips(clips, recipes)
         res["consistency_ratio"] = res["consistency"] / max(gt["consistency"], 1e-12)
@@ -102,11 +106,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{g:>10g} " + " ".join(f"{res[k]:>10.1%}" for k in (*SCORED, "all"))
               + f" {res['consistency']:>12.5f} {res['consistency_ratio']:>6.2f}{mark}", flush=True)
     if args.timing_runs > 0:
-        sample(pipe, prompts[:1], [args.seed], default_g, steps, frames)  # warm-up
+        sample(model, prompts[:1], [args.seed], default_g, steps, frames)  # warm-up
         times = []
         for _ in range(args.timing_runs):
             t0 = time.time()
-            sample(pipe, prompts[:1], [args.seed], default_g, steps, frames)
+            sample(model, prompts[:1], [args.seed], default_g, steps, frames)
             times.append(time.time() - t0)
         report["seconds_per_clip"] = times
         print(f"one {frames}-frame clip at the defaults: " + ", ".join(f"{t:.2f} s" for t in times)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from pipelines.training import common, latents as lat
 from pipelines.training.ldm import SCHEDULER_CFG, min_snr_weights
+from pipelines.video import mixed_noise
 
 BASE_MODEL = Path("assets/models/shapes-ldm")
 _SIZE_CODES = ("small", "large", "growing", "shrinking")
@@ -64,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offset-noise", type=float, default=0.2)
     parser.add_argument("--snr-gamma", type=float, default=5.0)
     parser.add_argument("--growth-prob", type=float, default=0.2)
+    parser.add_argument("--noise-correlation", type=float, default=0.0,
+                        help="correlation of the frames' noise (mixed noise prior, PYoCo); 0: independent")
 
 
 ACCELERATED = True
@@ -232,7 +235,11 @@ class StepBatches(torch.utils.data.Dataset):
         noise = torch.randn((a.batch_size, c, f, h, w), generator=gen)
         t = torch.randint(0, self.T, (a.batch_size,), generator=gen)
         if a.offset_noise > 0:
-            noise = noise + a.offset_noise * torch.randn(a.batch_size, c, 1, 1, 1, generator=gen)
+            offset = a.offset_noise * torch.randn(a.batch_size, c, 1, 1, 1, generator=gen)
+        if a.noise_correlation > 0:  # drawn last, so runs without it see the same noise as before
+            noise = mixed_noise(noise, a.noise_correlation, gen)
+        if a.offset_noise > 0:
+            noise = noise + offset
         return torch.from_numpy(rows), torch.tensor([self.rows[x] for x in caps]), noise, t
 
 
@@ -269,7 +276,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     ema = common.EMA(model, decay=args.ema_decay)
     ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
     extra = {"spatial_config": json.dumps(spatial_cfg), "adapter_config": json.dumps(adapter_cfg),
-             "base": str(base), "base_hash": lat.file_hash(base / "unet"), "frames": int(pool["frames"])}
+             "base": str(base), "base_hash": lat.file_hash(base / "unet"), "frames": int(pool["frames"]),
+             "noise_correlation": float(args.noise_correlation)}
     start = 0
     if args.resume:
         state = ckpt.load(model, optimizer, ema)
@@ -355,9 +363,11 @@ def pack(run_dir: Path, out: Path, use_ema: bool = True, default_steps: int = 10
              "motion_adapter": ["diffusers", "MotionAdapter"], "scheduler": base_index["scheduler"],
              "feature_extractor": [None, None], "image_encoder": [None, None]}
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-    (tmp / "default_settings.json").write_text(json.dumps(
-        {"guidance_scale": default_guidance, "num_inference_steps": default_steps, "scheduler": "dpmpp_2m",
-         "num_frames": int(extra.get("frames", 16)), "fps": fps}, indent=2))
+    settings = {"guidance_scale": default_guidance, "num_inference_steps": default_steps, "scheduler": "dpmpp_2m",
+                "num_frames": int(extra.get("frames", 16)), "fps": fps}
+    if float(extra.get("noise_correlation", 0.0)) > 0:  # the studio draws the initial noise the way training did
+        settings["noise_correlation"] = float(extra["noise_correlation"])
+    (tmp / "default_settings.json").write_text(json.dumps(settings, indent=2))
     (tmp / "training.json").write_text(json.dumps({"step": int(state["step"]), "base": str(base),
                                                    "base_hash": extra.get("base_hash")}, indent=2))
     shutil.rmtree(out, ignore_errors=True)

@@ -149,3 +149,30 @@ def test_an_animatediff_folder_saved_with_the_joined_motion_unet_loads_too(tmp_p
     model = TextToVideo.load(entry, resolve_device("cpu"))
     assert json.loads((entry.path / "model_index.json").read_text())["unet"][1] == "UNetMotionModel"
     assert model.generate(VideoRequest("a red circle", num_frames=2, num_inference_steps=1)).frames.shape[0] == 2
+
+
+def test_mixed_noise_prior_keeps_each_frame_standard_normal_and_correlates_frames():
+    from pipelines.video import mixed_noise
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 4, 6, 8, 8, generator=g)
+    assert mixed_noise(base, 0.0, g) is base  # independent frames: untouched
+    mixed = mixed_noise(base, 0.5, g)
+    assert abs(float(mixed.std()) - 1.0) < 0.03 and abs(float(mixed.mean())) < 0.03
+    a, b = mixed[:, :, 0].flatten(), mixed[:, :, 5].flatten()
+    assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1]) - 0.5) < 0.05
+
+
+def test_a_model_trained_on_mixed_noise_starts_its_clips_from_it(tmp_path):
+    from pipelines.tiny import build_tiny_animatediff
+
+    build_tiny_animatediff(tmp_path / "mixed", motion_max_seq_length=8)
+    (tmp_path / "mixed" / "default_settings.json").write_text(json.dumps(
+        {"guidance_scale": 2.0, "num_inference_steps": 2, "num_frames": 4, "noise_correlation": 0.9}))
+    model = load_model(ModelRegistry(builtin_dir=None, user_dir=tmp_path).get("local/mixed"), resolve_device("cpu"))
+    assert model.noise_correlation == 0.9
+    noise = model.initial_noise(VideoRequest(prompt="x", num_frames=4, seed=3), 64, 64)  # (1, 4, 4, 8, 8)
+    corr = torch.corrcoef(torch.stack([noise[0, :, 0].flatten(), noise[0, :, 3].flatten()]))[0, 1]
+    assert 0.8 < float(corr) < 0.97  # 0.9 up to the sampling error of 256 values
+    result = model.generate(VideoRequest(prompt="x", num_frames=4, num_inference_steps=2, seed=3, fps=8.0))
+    assert result.params["noise_correlation"] == 0.9
