@@ -106,19 +106,12 @@ def measure(frames: np.ndarray, prompt: str) -> dict[str, Any]:
         out["judge"] = None if verdict is None else {k: (bool(v) if isinstance(v, (bool, np.bool_)) else v)
                                                      for k, v in verdict.items()}
         if verdict is not None:
-            out["reference_consistency"] = _reference(judge, prompt, len(frames))
+            ref = judge.reference_consistency(prompt, len(frames))
+            out["reference_consistency"] = None if ref is None else float(ref)
     except Exception as exc:  # a measure must never lose the clip
         log.exception("measuring a clip failed")
         out["error"] = f"the judge failed on this clip ({type(exc).__name__}: {exc})"
     return out
-
-
-def _reference(judge: Any, prompt: str, num_frames: int) -> Optional[float]:
-    try:
-        value = judge.reference_consistency(prompt, num_frames)
-    except TypeError:  # an older judge without the frames argument
-        value = judge.reference_consistency(prompt)
-    return None if value is None else float(value)
 
 
 def measures_text(metrics: dict[str, Any]) -> str:
