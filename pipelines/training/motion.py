@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.training import common, latents as lat
-from pipelines.training.ldm import SCHEDULER_CFG, min_snr_weights
+from pipelines.training.ldm import SCHEDULER_CFG, _optimizer_to, min_snr_weights
 from pipelines.video import mixed_noise
 
 BASE_MODEL = Path("assets/models/shapes-ldm")
@@ -284,6 +284,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         if state is not None:
             start = int(state["step"])
     model.to(device)
+    _optimizer_to(optimizer, device)
+    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
     log = common.LossLog(run_dir / "loss.jsonl", resume_step=start if args.resume else None)
     (run_dir / "config.json").write_text(json.dumps({"spatial": spatial_cfg, "adapter": adapter_cfg,
                                                      "params": n_params, "scheduler": SCHEDULER_CFG,
@@ -293,7 +295,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     shape = tuple(latents_all.shape[1:])
     batches = torch.utils.data.DataLoader(StepBatches(pool["codes"], shape, table.rows, args,
                                                       noise_sched.config.num_train_timesteps),
-                                          batch_size=None, sampler=range(start, stop), num_workers=args.workers)
+                                          batch_size=None, sampler=range(start, stop), num_workers=args.workers,
+                                          pin_memory=device.type == "cuda")
     bar = common.progress(args.steps, initial=start, desc=f"motion {n_params / 1e6:.1f}M")
     t0 = time.time()
     for step, (rows, cap_rows, noise, t) in enumerate(batches, start=start):

@@ -32,7 +32,8 @@ PREVIEW_EVERY_S = 0.5  # write a live animated preview at most this often (the r
 PREVIEW_SIDE = 192  # px: small frames are enlarged (without smoothing) to about this size in previews
 NO_MODEL = ("No video model is installed: put a text-to-video folder (diffusers `AnimateDiffPipeline` or "
             "`TextToVideoSDPipeline` format, safetensors) under the models folder and reload. The builtin Motion "
-            "model ships in assets/models/motion-ldm.")
+            "model (assets/models/motion-ldm) is trained by `python -m pipelines.train motion` and ships once it "
+            "meets its quality bar (see the README).")
 EXAMPLES = ["a red circle moving right", "a blue square moving up on a white background",
             "a yellow star staying still", "a green triangle moving left on a black background"]
 
