@@ -91,21 +91,15 @@ def render_clip(recipe: MotionRecipe, frames: int = DEFAULT_FRAMES) -> np.ndarra
 
 
 def _render_frame(recipe: MotionRecipe, u: float) -> np.ndarray:
-    cx, cy = recipe.centre_at(u)
-    # a Shapes recipe anchored at the centre with the rest as jitter; the radius is set directly
-    frame = shapes.ShapeRecipe(recipe.colour, recipe.shape, "small", "center", recipe.background,
-                               cx - 32.0, cy - 32.0)
-    return np.asarray(_render_with_radius(frame, recipe.radius_at(u)), dtype=np.uint8)
-
-
-def _render_with_radius(recipe: shapes.ShapeRecipe, radius: float):
+    """Frame at fraction ``u``: drawn exactly as :func:`pipelines.worlds.shapes.render` draws (4x supersampled
+    polygon, box-filtered down), at the frame's centre and radius."""
     from PIL import Image, ImageDraw
 
+    cx, cy = recipe.centre_at(u)
     big = shapes.SUPERSAMPLE * IMAGE_SIZE
     img = Image.new("RGB", (big, big), BACKGROUNDS[recipe.background])
-    cx, cy = recipe.centre
-    ImageDraw.Draw(img).polygon(shapes._points(recipe.shape, cx, cy, radius), fill=COLOURS[recipe.colour])
-    return img.reduce(shapes.SUPERSAMPLE)
+    ImageDraw.Draw(img).polygon(shapes._points(recipe.shape, cx, cy, recipe.radius_at(u)), fill=COLOURS[recipe.colour])
+    return np.asarray(img.reduce(shapes.SUPERSAMPLE), dtype=np.uint8)
 
 
 def sample_recipe(rng: np.random.Generator, *, growth_prob: float = 0.2, direction: str | None = None,
