@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -12,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, features
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from studio.gallery import repository as repo
+from studio.gallery.groups import GroupsMixin, json_safe
 from studio.gallery.migrate import upgrade_to_head
-from studio.gallery.models import Generation, GenerationGroup, PromptHistory
+from studio.gallery.models import Generation, PromptHistory
 from studio.gallery.pnginfo import encode_png
 from studio.gallery.query import GalleryQuery
 from studio.gallery.store import MEDIA_DIR, MediaStore
@@ -101,12 +101,7 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _json_safe(params: dict[str, Any]) -> dict[str, Any]:
-    """Copy of ``params`` that the JSON column can store (odd values become strings)."""
-    return json.loads(json.dumps(params, default=str))
-
-
-class Gallery:
+class Gallery(GroupsMixin):
     """Generation gallery: SQLite/SQL database plus content-addressed media files."""
 
     def __init__(self, root: Path, engine: Engine) -> None:
@@ -174,7 +169,7 @@ class Gallery:
         row = {col: params[key] for col, key in _FROM_PARAMS.items() if params.get(key) is not None}
         row.setdefault("width", image.width)
         row.setdefault("height", image.height)
-        row["params"] = _json_safe(params)
+        row["params"] = json_safe(params)
         row.update(fields)
         return row
 
@@ -289,46 +284,6 @@ class Gallery:
         """Set the favourite flag; False if the id is unknown."""
         with self.session() as session:
             return repo.set_favourite(session, gen_id, value)
-
-    # -- groups (sweeps and other studies) ----------------------------------
-    def create_group(self, *, kind: str, title: str, model_id: str, prompt: str, data: dict[str, Any]) -> int:
-        """A new group (status ``running``); members join through ``fields={"group_id": id}``."""
-        with self.session() as session:
-            group = GenerationGroup(kind=kind, title=title, model_id=model_id, prompt=prompt,
-                                    data=_json_safe(data), status="running")
-            session.add(group)
-            session.flush()
-            return group.id
-
-    def update_group(self, group_id: int, *, data: dict[str, Any] | None = None, status: str | None = None) -> None:
-        """Replace a group's data and/or status (KeyError for an unknown id)."""
-        with self.session() as session:
-            group = session.get(GenerationGroup, group_id)
-            if group is None:
-                raise KeyError(group_id)
-            if data is not None:
-                group.data = _json_safe(data)
-            if status is not None:
-                group.status = status
-
-    def get_group(self, group_id: int) -> GenerationGroup | None:
-        """A detached group row or None."""
-        with self.session() as session:
-            return session.get(GenerationGroup, group_id)
-
-    def groups(self, kind: str | None = None, limit: int = 50) -> list[GenerationGroup]:
-        """Newest groups first (detached)."""
-        with self.session() as session:
-            stmt = select(GenerationGroup).order_by(GenerationGroup.id.desc()).limit(limit)
-            if kind is not None:
-                stmt = stmt.where(GenerationGroup.kind == kind)
-            return list(session.scalars(stmt))
-
-    def group_members(self, group_id: int) -> list[Generation]:
-        """The group's generations that still exist, oldest first (detached)."""
-        with self.session() as session:
-            stmt = select(Generation).where(Generation.group_id == group_id).order_by(Generation.id)
-            return list(session.scalars(stmt))
 
     # -- reading ---------------------------------------------------------
     def get(self, gen_id: int) -> Generation | None:
