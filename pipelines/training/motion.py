@@ -248,6 +248,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":  # TF32 matmuls: the convolutions already use it by default
+        torch.backends.cuda.matmul.allow_tf32 = True
     common.seed_everything(args.seed)
     run_dir = Path(args.run_dir)
     base = Path(args.base)
