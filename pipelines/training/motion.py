@@ -67,6 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--growth-prob", type=float, default=0.2)
     parser.add_argument("--noise-correlation", type=float, default=0.0,
                         help="correlation of the frames' noise (mixed noise prior, PYoCo); 0: independent")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from a packed AnimateDiffPipeline folder (its unet/ and motion_adapter/)")
+    parser.add_argument("--x0-weight-floor", type=float, default=0.0,
+                        help="lowest weight of the x0 error at any timestep (Min-SNR gives min(SNR, gamma), "
+                             "almost 0 at the high-noise steps where a clip's motion is decided)")
+    parser.add_argument("--high-t-frac", type=float, default=0.0,
+                        help="fraction of each batch whose timesteps are drawn from [--high-t-min, T)")
+    parser.add_argument("--high-t-min", type=int, default=700)
 
 
 ACCELERATED = True
@@ -234,6 +242,9 @@ class StepBatches(torch.utils.data.Dataset):
         f, c, h, w = self.shape
         noise = torch.randn((a.batch_size, c, f, h, w), generator=gen)
         t = torch.randint(0, self.T, (a.batch_size,), generator=gen)
+        n_high = int(round(getattr(a, "high_t_frac", 0.0) * a.batch_size))
+        if n_high:  # drawn after the rest, so runs without it see the same batches as before
+            t[:n_high] = torch.randint(int(a.high_t_min), self.T, (n_high,), generator=gen)
         if a.offset_noise > 0:
             offset = a.offset_noise * torch.randn(a.batch_size, c, 1, 1, 1, generator=gen)
         if a.noise_correlation > 0:  # drawn last, so runs without it see the same noise as before
@@ -241,6 +252,27 @@ class StepBatches(torch.utils.data.Dataset):
         if a.offset_noise > 0:
             noise = noise + offset
         return torch.from_numpy(rows), torch.tensor([self.rows[x] for x in caps]), noise, t
+
+
+def loss_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, x0_floor: float) -> torch.Tensor:
+    """Weights of the epsilon MSE: Min-SNR's ``min(SNR, gamma) / SNR``, raised where needed so that the implied
+    weight of the x0 error (epsilon MSE = SNR x x0 MSE) is at least ``x0_floor``."""
+    w = min_snr_weights(alphas_cumprod, t, gamma)
+    if x0_floor <= 0:
+        return w
+    a = alphas_cumprod[t]
+    snr = a / (1 - a)
+    return torch.maximum(w, x0_floor / snr)
+
+
+def load_init(model: torch.nn.Module, folder: Path) -> None:
+    """Copy a packed folder's spatial UNet and motion modules into ``model`` (same architecture)."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    src = UNetMotionModel.from_unet2d(
+        UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32, use_safetensors=True),
+        MotionAdapter.from_pretrained(folder / "motion_adapter", torch_dtype=torch.float32, use_safetensors=True))
+    model.load_state_dict(src.state_dict(), strict=True)
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
@@ -262,6 +294,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     latents_all = pool["latents"].to(device)          # (N, F, C, H, W)
     embeddings = table.embeddings.to(device)
     model, spatial_cfg, adapter_cfg = build_model(base, args.heads, args.mid_motion)
+    if args.init is not None and not args.resume:
+        load_init(model, Path(args.init))
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     motion_params = [p for n, p in model.named_parameters() if ".motion_modules." in n]
@@ -279,7 +313,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
     extra = {"spatial_config": json.dumps(spatial_cfg), "adapter_config": json.dumps(adapter_cfg),
              "base": str(base), "base_hash": lat.file_hash(base / "unet"), "frames": int(pool["frames"]),
-             "noise_correlation": float(args.noise_correlation)}
+             "noise_correlation": float(args.noise_correlation), "init": str(args.init or "")}
     start = 0
     if args.resume:
         state = ckpt.load(model, optimizer, ema)
@@ -312,7 +346,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         noisy = noise_sched.add_noise(x0, noise, t)
         pred = model(noisy, t, encoder_hidden_states=cond).sample
         per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3, 4))
-        loss = (per * min_snr_weights(alphas, t, args.snr_gamma)).mean()
+        loss = (per * loss_weights(alphas, t, args.snr_gamma, args.x0_weight_floor)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = common.clip_grad(motion_params + spatial_params, 1.0)

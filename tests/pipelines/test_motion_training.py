@@ -77,3 +77,38 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(trained):
         torch.testing.assert_close(a["model"][key], b["model"][key], msg=key)
     losses = [json.loads(line)["loss"] for line in (trained["split"] / "loss.jsonl").read_text().splitlines()]
     assert len(losses) == 3
+
+
+def test_init_starts_a_run_from_a_packed_folder(trained, tmp_path):
+    """``--init PACK`` loads the packed spatial UNet and motion modules: 0 steps later the weights are the pack's."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    pack = trained["run"] / "pack"
+    model, _, _ = motion_training.build_model(BASE, heads=4, mid=False)
+    motion_training.load_init(model, pack)
+    src = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(pack / "unet", use_safetensors=True),
+                                      MotionAdapter.from_pretrained(pack / "motion_adapter", use_safetensors=True))
+    mine, theirs = model.state_dict(), src.state_dict()
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        torch.testing.assert_close(mine[key], theirs[key], msg=key)
+    fresh, _, _ = motion_training.build_model(BASE, heads=4, mid=False)
+    moved = [k for k in mine if ".motion_modules." in k and not torch.equal(mine[k], fresh.state_dict()[k])]
+    assert moved, "the trained pack's motion modules differ from a fresh adapter's"
+
+
+def test_loss_weights_raise_the_x0_weight_to_the_floor_at_high_noise():
+    from diffusers import DDPMScheduler
+
+    from pipelines.training.ldm import SCHEDULER_CFG, min_snr_weights
+
+    alphas = DDPMScheduler(**SCHEDULER_CFG).alphas_cumprod.float()
+    t = torch.tensor([10, 300, 600, 900, 999])
+    snr = alphas[t] / (1 - alphas[t])
+    plain = motion_training.loss_weights(alphas, t, 5.0, 0.0)
+    torch.testing.assert_close(plain, min_snr_weights(alphas, t, 5.0))
+    floored = motion_training.loss_weights(alphas, t, 5.0, 0.2)
+    x0_weight = floored * snr                       # epsilon MSE = SNR x x0 MSE
+    assert bool((x0_weight >= 0.2 - 1e-6).all())
+    torch.testing.assert_close(x0_weight, torch.maximum(snr.clamp(max=5.0), torch.tensor(0.2)))
+    assert torch.equal(floored[:2], plain[:2])      # low noise (SNR above the floor): Min-SNR unchanged
