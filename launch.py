@@ -17,6 +17,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder for generated media and the gallery database (default ./gallery)")
     parser.add_argument("--db-url", default=None,
                         help="SQLAlchemy database URL (default: sqlite file gallery.db inside --gallery-dir)")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="folder of training runs started from the Train tab (default: runs/ beside --gallery-dir)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                         help="where models run: auto picks CUDA, then MPS, then CPU (default auto)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab on start")
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from studio.settings import Settings
 
     settings = Settings(host=args.host, port=args.port, models_dir=args.models_dir, gallery_dir=args.gallery_dir,
-                        db_url=args.db_url, device=args.device, open_browser=not args.no_browser,
+                        db_url=args.db_url, runs_dir=args.runs_dir, device=args.device, open_browser=not args.no_browser,
                         use_hf_cache=not args.no_hf_cache)
     from studio.gallery import GalleryError
     from studio.services import build_services

@@ -10,6 +10,7 @@ from .tabs.embedding_map import HEAD as EMBEDDING_HEAD, build_embedding_map_tab
 from .tabs.generate import build_generate_tab
 from .tabs.guidance import build_guidance_tab
 from .tabs.tokenizer_viewer import build_tokenizer_viewer_tab
+from .tabs.train import build_train_tab
 from .tabs.video import build_video_tab
 
 TITLE = "Multimodal Studio"
@@ -39,6 +40,8 @@ def build_app(services: Services) -> gr.Blocks:
                 audio = build_audio_tab(services)
             with gr.Tab("Video", id="video"):
                 video = build_video_tab(services)
+            with gr.Tab("Train", id="train"):
+                train = build_train_tab(services, generate)
             with gr.Tab("Gallery", id="gallery"):
                 gallery = build_gallery_tab(services, generate, tabs, guidance)
         refresh_fn, refresh_inputs, refresh_outputs = gallery["refresh"]
@@ -53,6 +56,8 @@ def build_app(services: Services) -> gr.Blocks:
                           concurrency_limit=None)
         demo.load(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private", concurrency_limit=None)
         demo.load(choices_fn, None, choices_outputs, api_visibility="private", concurrency_limit=None)
+        reconnect_fn, reconnect_output = train["reconnect"]
+        demo.load(reconnect_fn, None, reconnect_output, api_visibility="private", concurrency_limit=None)
         demo.load(guidance.saved_choices, None, guidance.saved, api_visibility="private", concurrency_limit=None)
     demo.queue(default_concurrency_limit=8)
     return demo

@@ -11,6 +11,7 @@ from pipelines.registry import BUILTIN_MODELS_DIR, ModelRegistry, default_hf_cac
 from .gallery import Gallery
 from .jobs import JobRegistry
 from .settings import Settings
+from .training import TrainingManager
 
 DEFAULT_MODEL_ID = "builtin/shapes-ldm"
 
@@ -23,6 +24,7 @@ class Services:
     models: ModelCache
     gallery: Gallery
     jobs: JobRegistry
+    training: TrainingManager
 
     def default_model_id(self) -> str | None:
         ids = [e.id for e in self.registry.entries()]
@@ -45,4 +47,5 @@ def build_services(settings: Settings) -> Services:
         hf_cache_dir=hf_cache,
     )
     return Services(settings=settings, device=device, registry=registry,
-                    models=ModelCache(registry, device), gallery=gallery, jobs=JobRegistry())
+                    models=ModelCache(registry, device), gallery=gallery, jobs=JobRegistry(),
+                    training=TrainingManager(settings.training_runs_dir, Path(settings.models_dir)))

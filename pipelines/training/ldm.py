@@ -26,14 +26,37 @@ On a GPU (``--device cuda``) the pool and the caption table live on the device, 
 processes prepare each step's batch (:class:`StepBatches`, a function of ``(seed, step)`` alone,
 so CPU and GPU runs see the same data), and ``--time-budget`` fits the cosine schedule into a
 lease of fixed length. ``--init-unet`` starts a new schedule from trained weights (a second,
-lower-LR stage).
+lower-LR stage, or a fine-tune of the shipped model: ``--init-unet assets/models/shapes-ldm/unet``; the UNet's
+widths, layers and text-time embedding are then read from that folder's config unless given).
+
+Scale-out with Hugging Face ``accelerate`` (:mod:`pipelines.training.accel`): the same command runs as one
+plain process (today's numerics, bit for bit) or under ``accelerate launch`` (one process per GPU; or CPU
+processes over gloo: ``accelerate launch --multi_gpu --num_processes 2 -m pipelines.train ldm --device cpu``).
+Each process draws its own batches, from ``step_rng(seed, step, stream=rank * grad_accum + micro)`` (stream 0,
+rank 0's only micro-batch, is the single-process batch), so one optimisation step sees a global batch of
+``--batch-size x processes x --grad-accum`` samples; the LR is not rescaled for you. ``--mixed-precision
+bf16|fp16`` (fp16 on GPUs only), ``--grad-accum N`` through ``accelerator.accumulate``. Checkpoints: the main
+process writes ``checkpoint.pt`` as before (weights, EMA, optimizer, record: what ``--resume``,
+:func:`export_unet` and ``pipelines.builtin_ldm`` read) and every process takes part in
+``accelerator.save_state`` into ``<run-dir>/accelerate_state`` (+ RNG of every rank, GradScaler); a resume by a
+run of the same shape reloads that, any other (e.g. 2 processes -> 1) falls back to ``checkpoint.pt``.
+
+For a UI (the studio's Train tab): ``status.json`` (state, step, samples/s, ETA), ``stop.request`` (checkpoint
+and stop after the current step), sample grids of the EMA weights every ``--sample-every`` steps
+(``samples/step_000200.png`` + ``samples.jsonl``), and :func:`export_pipeline` /
+``python -m pipelines.training.ldm export RUN_DIR OUT`` to turn a run into a complete
+``StableDiffusionPipeline`` folder.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
+import sys
+import textwrap
 import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +64,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.training import common, latents as lat
+from pipelines.training import accel, common, latents as lat
 
 SCHEDULER_CFG: dict[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                                  "beta_schedule": "scaled_linear", "steps_offset": 1, "clip_sample": False,
@@ -69,19 +92,31 @@ def unet_config(widths: tuple[int, ...] = (32, 64, 128), cross_dim: int = 128, h
     return cfg
 
 
+SAMPLE_PROMPTS: tuple[str, ...] = (
+    "a red circle", "a blue square", "a green triangle", "a yellow star",
+    "a large purple diamond on a black background", "a small orange circle in the top left",
+    "a pink cross on a gray background", "a cyan square at the bottom")
+BASE_LDM = Path(__file__).resolve().parents[2] / "assets" / "models" / "shapes-ldm"  # the shipped model
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """LDM defaults (batch 128, lr 1e-3, checkpoints every 200 steps) and options."""
     parser.set_defaults(steps=6000, batch_size=128, lr=1e-3, checkpoint_every=200)
-    parser.add_argument("--vae-dir", type=Path, default=Path("runs/vae/out"))
+    parser.add_argument("--vae-dir", type=Path, default=None,
+                        help="VAE of the latent pool and of the sample grids (default: the --init-unet folder's "
+                             "sibling vae/ when it has one, else runs/vae/out)")
     parser.add_argument("--clip-dir", type=Path, default=Path("assets/clip/shapes-clip"))
     parser.add_argument("--random-text", action="store_true", help="random-weight text encoder (tests)")
     parser.add_argument("--retarget-text", action="store_true",
                         help="resume a run trained on another text encoder (re-export it from --clip-dir)")
     parser.add_argument("--latents", type=Path, default=None, help="latent pool (default <run-dir>/latents.pt)")
     parser.add_argument("--pool", type=int, default=50_000, help="renders in the latent pool")
-    parser.add_argument("--widths", type=str, default="32,64,128")
-    parser.add_argument("--layers", type=int, default=1, help="ResNet layers per UNet block")
-    parser.add_argument("--no-text-time", action="store_true", help="cross-attention only (no pooled-text embedding)")
+    parser.add_argument("--widths", type=str, default=None,
+                        help="UNet block widths (default: --init-unet's, else 32,64,128)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="ResNet layers per UNet block (default: --init-unet's, else 1)")
+    parser.add_argument("--no-text-time", action="store_true", default=None,
+                        help="cross-attention only, no pooled-text embedding (default: as --init-unet, else off)")
     parser.add_argument("--uncond-prob", type=float, default=0.1)
     parser.add_argument("--drop-prob", type=float, default=0.3, help="per-attribute caption dropping")
     parser.add_argument("--ema-decay", type=float, default=0.999)
@@ -92,6 +127,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-unet", type=Path, default=None,
                         help="start a fresh run from these UNet weights (a diffusers folder of the same shape)")
     parser.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR weighting (0: plain MSE)")
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
+                        help="autocast through accelerate (default no, or accelerate launch's --mixed_precision); "
+                             "fp16 needs a GPU")
+    parser.add_argument("--grad-accum", type=int, default=1,
+                        help="micro-batches per optimisation step (global batch = batch-size x processes x this)")
+    parser.add_argument("--sample-every", type=int, default=0,
+                        help="steps between sample grids of the EMA weights (0: off); also one at the end")
+    parser.add_argument("--sample-prompts", type=str, default="|".join(SAMPLE_PROMPTS),
+                        help="'|'-separated prompts of the sample grids")
+    parser.add_argument("--sample-steps", type=int, default=10, help="DPM-Solver++ steps of the sample grids")
+    parser.add_argument("--sample-guidance", type=float, default=2.0, help="guidance scale of the sample grids")
+    parser.add_argument("--sample-seed", type=int, default=0, help="prompt i of a grid uses seed sample-seed + i")
 
 
 def prepare_text(args: argparse.Namespace) -> Path:
@@ -152,20 +199,26 @@ class StepBatches(torch.utils.data.Dataset):
     Returns pool rows, caption-table rows, noise (offset noise included) and timesteps, all made on
     the CPU with the same generator calls whatever the device, so a run can move between CPU and
     GPU and see the same data; workers of a ``DataLoader`` can prepare steps ahead.
+
+    Several processes (``rank``) and gradient accumulation (``accum`` micro-batches a step): item
+    ``step * accum + micro`` is drawn from ``step_rng(seed, step, stream=rank * accum + micro)``, so every
+    process and micro-batch gets its own batch; rank 0's only micro-batch is the single-process one.
     """
 
     def __init__(self, pool: dict[str, Any], table_rows: dict[str, int], args: argparse.Namespace,
-                 num_train_timesteps: int) -> None:
+                 num_train_timesteps: int, rank: int = 0, accum: int = 1) -> None:
         self.pool = {"recipes": pool["recipes"]}
         self.rows, self.args, self.T = table_rows, args, num_train_timesteps
         self.n, self.shape = len(pool["latents"]), tuple(pool["latents"].shape[1:])
+        self.rank, self.accum = int(rank), max(1, int(accum))
 
     def __len__(self) -> int:
-        return int(self.args.steps)
+        return int(self.args.steps) * self.accum
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         a = self.args
-        rng = common.step_rng(a.seed, step)
+        step, micro = divmod(int(index), self.accum)
+        rng = common.step_rng(a.seed, step, stream=self.rank * self.accum + micro)
         rows = rng.integers(self.n, size=a.batch_size)
         captions = sample_captions(self.pool, rows, rng, a.drop_prob, a.uncond_prob)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -176,28 +229,76 @@ class StepBatches(torch.utils.data.Dataset):
         return torch.from_numpy(rows), torch.tensor([self.rows[c] for c in captions]), noise, t
 
 
+def resolve_shape(args: argparse.Namespace) -> None:
+    """Fill ``--widths``, ``--layers``, ``--no-text-time`` (and ``--vae-dir``) left unset: from the ``--init-unet``
+    folder's config (so a fine-tune of the shipped UNet needs no shape flags), else the defaults."""
+    init_cfg: dict[str, Any] = {}
+    if args.init_unet is not None:
+        cfg_file = Path(args.init_unet) / "config.json"
+        if not cfg_file.is_file():
+            raise SystemExit(f"--init-unet {args.init_unet}: no config.json (a diffusers UNet folder is needed)")
+        init_cfg = json.loads(cfg_file.read_text())
+    if args.widths is None:
+        args.widths = ",".join(str(w) for w in init_cfg.get("block_out_channels", (32, 64, 128)))
+    if args.layers is None:
+        args.layers = int(init_cfg.get("layers_per_block", 1))
+    if args.no_text_time is None:
+        args.no_text_time = bool(init_cfg) and init_cfg.get("addition_embed_type") != "text"
+    args.heads = int(init_cfg["attention_head_dim"]) if isinstance(init_cfg.get("attention_head_dim"), int) else 4
+    if args.vae_dir is None:
+        sibling = Path(args.init_unet).parent / "vae" if args.init_unet is not None else None
+        args.vae_dir = sibling if sibling is not None and (sibling / "config.json").is_file() else Path("runs/vae/out")
+
+
 def main(args: argparse.Namespace) -> dict[str, float]:
-    """Train (resumably); export the EMA UNet to ``--out`` (default ``<run-dir>/unet``) at the end."""
+    """Train (resumably); export the EMA UNet to ``--out`` (default ``<run-dir>/unet``) at the end.
+
+    Under ``accelerate launch`` every process runs this; only the main one writes logs, samples and exports.
+    ``<run-dir>/status.json`` follows the run (``failed`` on an exception, which is re-raised).
+    """
+    resolve_shape(args)
+    accelerator, fresh = accel.make_accelerator(args.device, args.mixed_precision, args.grad_accum)
+    main_proc = accelerator.is_main_process
+    status = accel.StatusFile(Path(args.run_dir), args.steps,
+                              args.batch_size * accelerator.num_processes * max(1, args.grad_accum),
+                              enabled=main_proc, processes=accelerator.num_processes)
+    ok = False
+    try:
+        result = _train(args, accelerator, status)
+        ok = True
+        return result
+    except BaseException as exc:
+        if not (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            status.update("failed", force=True, error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    finally:
+        accel.release(accelerator, fresh, ok)
+
+
+def _train(args: argparse.Namespace, accelerator: Any, status: accel.StatusFile) -> dict[str, float]:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
+    main_proc, n_proc, accum = accelerator.is_main_process, accelerator.num_processes, max(1, args.grad_accum)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = accelerator.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     common.seed_everything(args.seed)
     run_dir = Path(args.run_dir)
-    text = prepare_text(args)
-    table = lat.CaptionTable.build(text / "text_encoder", text / "tokenizer", cache=run_dir / "captions.pt")
+    run_dir.mkdir(parents=True, exist_ok=True)
     pool_path = Path(args.latents) if args.latents is not None else run_dir / "latents.pt"
-    if not pool_path.is_file():
-        lat.build_latent_pool(Path(args.vae_dir), pool_path, args.pool, seed=args.seed + 10_000,
-                              device=device, workers=args.workers)
+    with accelerator.main_process_first():  # the main process exports/encodes/caches, then the others read
+        text = prepare_text(args) if main_proc else run_dir / "text"
+        table = lat.CaptionTable.build(text / "text_encoder", text / "tokenizer", cache=run_dir / "captions.pt")
+        if main_proc and not pool_path.is_file():
+            lat.build_latent_pool(Path(args.vae_dir), pool_path, args.pool, seed=args.seed + 10_000,
+                                  device=device, workers=args.workers)
     pool = lat.load_latent_pool(pool_path)
     latents_all = pool["latents"].to(device)
     embeddings = table.embeddings.to(device)
     cfg = unet_config(tuple(int(w) for w in args.widths.split(",")), cross_dim=int(table.embeddings.shape[-1]),
-                      layers=args.layers, text_time=not args.no_text_time)
+                      heads=args.heads, layers=args.layers, text_time=not args.no_text_time)
     unet = UNet2DConditionModel(**cfg).train()
     n_params = sum(p.numel() for p in unet.parameters())
     noise_sched = DDPMScheduler(**SCHEDULER_CFG)
@@ -207,69 +308,340 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
     extra = {"unet_config": json.dumps(cfg), "text_hash": lat.file_hash(text / "text_encoder"),
              "vae_hash": str(pool.get("vae_hash", "")), "scaling_factor": float(pool["scaling_factor"])}
-    start = 0
+    start, state, accel_dir = 0, None, None
     if args.init_unet is not None and not (args.resume and ckpt.path.is_file()):
         common.init_from_export(unet, UNet2DConditionModel, args.init_unet, cfg, "--init-unet",
                                 "--widths, --layers, --no-text-time", extra)
         ema = common.EMA(unet, decay=args.ema_decay)
-    if args.resume:
-        state = ckpt.load(unet, optimizer, ema)
-        if state is not None:
-            start = int(state["step"])
-            if state["extra"].get("text_hash") != extra["text_hash"]:
-                if not args.retarget_text:
-                    raise RuntimeError("checkpoint was trained on another text encoder: start a fresh run, "
-                                       "or continue on the new one with --retarget-text")
-                extra["retargeted_at"] = start  # new conditioning from here on: restart the average
-                ema = common.EMA(unet, decay=args.ema_decay)
-            extra = {**{k: v for k, v in state["extra"].items() if k in ("retargeted_at", "init_from")}, **extra}
-    unet.to(device)
+    if args.resume and ckpt.path.is_file():
+        state = torch.load(ckpt.path, map_location="cpu", weights_only=True)
+        start = int(state["step"])
+        accel_dir = accel.matching_state(accelerator, run_dir, start)
+        if accel_dir is None:  # no accelerate state of this run's shape: the portable checkpoint.pt
+            ckpt.load(unet, optimizer, ema)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    model = accelerator.unwrap_model(unet)  # the plain module: EMA, checkpoints, samples
+    if accel_dir is not None:
+        accel.load_state(accelerator, accel_dir, ema)
+        if main_proc:
+            print(f"resumed step {start} from {accel_dir}")
+    if state is not None:
+        if state["extra"].get("text_hash") != extra["text_hash"]:
+            if not args.retarget_text:
+                raise RuntimeError("checkpoint was trained on another text encoder: start a fresh run, "
+                                   "or continue on the new one with --retarget-text")
+            extra["retargeted_at"] = start  # new conditioning from here on: restart the average
+            ema.load_state_dict(common.EMA(model, decay=args.ema_decay).state_dict())
+        extra = {**{k: v for k, v in state["extra"].items() if k in ("retargeted_at", "init_from")}, **extra}
     _optimizer_to(optimizer, device)
     ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
     alphas_dev = alphas.to(device)
-    log = common.LossLog(run_dir / "loss.jsonl", resume_step=start if args.resume else None)
-    (run_dir / "config.json").write_text(json.dumps({"unet": cfg, "params": n_params, "scheduler": SCHEDULER_CFG,
-                                                     "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+    log = common.LossLog(run_dir / "loss.jsonl", resume_step=start if args.resume else None) if main_proc else None
+    samples = (SampleGrids(run_dir, Path(args.vae_dir), text, cfg, args, device,
+                           resume_step=start if args.resume else None)
+               if main_proc and args.sample_every > 0 else None)
+    if main_proc:
+        (run_dir / "config.json").write_text(json.dumps(
+            {"unet": cfg, "params": n_params, "scheduler": SCHEDULER_CFG, "processes": n_proc,
+             "global_batch": args.batch_size * n_proc * accum, "mixed_precision": str(accelerator.mixed_precision),
+             "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
     stop = min(args.steps, args.stop_at) if args.stop_at is not None else args.steps
     budget = common.TimeBudget(args.time_budget, start)
-    batches = torch.utils.data.DataLoader(StepBatches(pool, table.rows, args, noise_sched.config.num_train_timesteps),
-                                          batch_size=None, sampler=range(start, stop), num_workers=args.workers,
-                                          pin_memory=device.type == "cuda",
+    data = StepBatches(pool, table.rows, args, noise_sched.config.num_train_timesteps,
+                       rank=accelerator.process_index, accum=accum)
+    batches = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start * accum, stop * accum),
+                                          num_workers=args.workers, pin_memory=device.type == "cuda",
                                           prefetch_factor=4 if args.workers > 0 else None)
-    bar = common.progress(args.steps, initial=start, desc=f"ldm {n_params / 1e6:.1f}M")
+    bar = (common.progress(args.steps, initial=start, desc=f"ldm {n_params / 1e6:.1f}M") if main_proc
+           else accel.NullBar())
+    status.steps, status.stop_at = args.steps, stop
+    status.mark(start)
+    status.update("running", force=True)
     t0 = time.time()
-    for step, (rows, cap_rows, noise, t) in enumerate(batches, start=start):
+    step, budget_synced, stop_file = start, args.time_budget is None, False
+    micro_batches = iter(batches)
+    while step < stop:
         lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=args.min_lr_ratio)
         common.set_lr(optimizer, lr)
-        x0 = latents_all[rows.to(device)].float()
-        cond = embeddings[cap_rows.to(device)]
-        noise, t = noise.to(device, non_blocking=True), t.to(device, non_blocking=True)
-        pred = unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per * min_snr_weights(alphas_dev, t, args.snr_gamma)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = common.clip_grad(unet.parameters(), 1.0)
-        optimizer.step()
-        ema.decay = min(args.ema_decay, (1 + step) / (10 + step))  # EMA warm-up (ships early checkpoints)
-        ema.update(unet)
-        loss_value = loss.item()  # one device sync for the log and the bar
-        log.log(step + 1, loss=loss_value, mse=per.mean().item(), lr=lr, grad_norm=gnorm)
+        losses, mses, gnorm = [], [], 0.0
+        for _ in range(accum):
+            rows, cap_rows, noise, t = next(micro_batches)
+            with accelerator.accumulate(unet):
+                x0 = latents_all[rows.to(device)].float()
+                cond = embeddings[cap_rows.to(device)]
+                noise, t = noise.to(device, non_blocking=True), t.to(device, non_blocking=True)
+                pred = unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample.float()
+                per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+                loss = (per * min_snr_weights(alphas_dev, t, args.snr_gamma)).mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    gnorm = float(accelerator.clip_grad_norm_(unet.parameters(), 1.0))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+            mses.append(per.detach().mean())
+        if main_proc:
+            ema.decay = min(args.ema_decay, (1 + step) / (10 + step))  # EMA warm-up (ships early checkpoints)
+            ema.update(model)
+        # one device sync for the log and the bar (averaged over micro-batches and processes)
+        loss_value, mse_value = accelerator.reduce(torch.stack([torch.stack(losses).mean(),
+                                                                torch.stack(mses).mean()]), "mean").tolist()
+        step += 1
+        if log is not None:
+            log.log(step, loss=loss_value, mse=mse_value, lr=lr, grad_norm=gnorm)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
-        stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
-        if ckpt.due(step + 1) or step + 1 == stop:
+        stop = common.fit_budget(budget, step, args, bar, extra, stop)
+        if not budget_synced and budget.decided is not None:  # every rank stops where the main one decided
+            args.steps, stop = accel.broadcast_ints(accelerator, [args.steps, stop])
+            budget_synced = True
+        if step < stop and accel.stop_requested(accelerator, run_dir):
+            stop, stop_file = step, True
+        if ckpt.due(step) or step == stop:
             ema.decay = args.ema_decay
-            ckpt.save(step + 1, unet, optimizer, ema, extra=extra)
-        if step + 1 >= stop:
-            break
+            if main_proc:
+                ckpt.save(step, model, optimizer, ema, extra=extra)
+            accel.save_state(accelerator, run_dir, step, ema if main_proc else None)
+        if samples is not None and (step % args.sample_every == 0 or step == stop):  # and at every end
+            samples(step, model, ema)
+        status.steps, status.stop_at, status.loss = args.steps, stop, loss_value
+        status.mark(step)
+        status.update("running")
     bar.close()
-    result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
-    if common.stopped_early(stop, args):
-        return result
-    export_unet(run_dir, Path(args.out) if args.out is not None else run_dir / "unet")
-    print(json.dumps(result))
+    if main_proc and (stop_file or (run_dir / accel.STOP_FILE).exists()):
+        accel.clear_stop_request(run_dir)  # served (also when the run ended anyway)
+    result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params),
+              "processes": float(n_proc), "global_batch": float(args.batch_size * n_proc * accum)}
+    if stop < args.steps:
+        if main_proc:
+            common.stopped_early(stop, args)  # "stopped at step N/M; resume with --resume"
+        status.update("stopped", force=True)
+    else:
+        if main_proc:
+            export_unet(run_dir, Path(args.out) if args.out is not None else run_dir / "unet")
+            print(json.dumps(result))
+        status.update("finished", force=True)
+    accelerator.wait_for_everyone()  # the others wait for the main process's export
     return result
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width=width) or [""]
+
+
+def sample_grid(images: Sequence[Any], prompts: Sequence[str], title: str = "", cols: int = 4,
+                tile: int = 128) -> Any:
+    """One PIL image: ``images`` (upscaled to ``tile`` px, nearest) in rows of ``cols``, each prompt below its
+    image, ``title`` on top."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    cols = max(1, min(cols, len(images)))
+    rows = (len(images) + cols - 1) // cols
+    line_h, pad = 12, 4
+    chars = max(8, tile // 6)
+    label_lines = max(len(_wrap(p, chars)) for p in prompts) if prompts else 1
+    cell_h = tile + pad + label_lines * line_h + pad
+    head = line_h + 2 * pad if title else 0
+    grid = Image.new("RGB", (cols * tile + (cols + 1) * pad, head + rows * cell_h + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
+    for i, (image, prompt) in enumerate(zip(images, prompts)):
+        r, c = divmod(i, cols)
+        x, y = pad + c * (tile + pad), head + pad + r * cell_h
+        grid.paste(image.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
+        for j, line in enumerate(_wrap(prompt, chars)):
+            draw.text((x, y + tile + pad + j * line_h), line, fill=(0, 0, 0), font=font)
+    return grid
+
+
+class SampleGrids:
+    """Sample grids of a run's EMA weights: ``<run-dir>/samples/step_000200.png`` + a ``samples.jsonl`` record.
+
+    Each grid is the run's own ``StableDiffusionPipeline`` (its VAE ``--vae-dir``, its text encoder, a copy of
+    the UNet holding the EMA weights, DPM-Solver++ 2M) at 64x64, prompt ``i`` with seed ``sample-seed + i`` (a
+    CPU generator, as the studio draws it), ``--sample-steps`` steps at guidance ``--sample-guidance``; the
+    global RNG states are restored afterwards, so sampling never changes training. A resumed run drops the
+    records after the step it resumed from; a fresh one starts the file anew.
+    """
+
+    def __init__(self, run_dir: Path, vae_dir: Path, text_dir: Path, unet_cfg: dict[str, Any],
+                 args: argparse.Namespace, device: torch.device, resume_step: int | None = None) -> None:
+        self.run_dir, self.vae_dir, self.text_dir, self.cfg = Path(run_dir), Path(vae_dir), Path(text_dir), unet_cfg
+        self.prompts = [p.strip() for p in str(args.sample_prompts).split("|") if p.strip()] or list(SAMPLE_PROMPTS)
+        self.steps, self.guidance = int(args.sample_steps), float(args.sample_guidance)
+        self.seed = int(args.sample_seed)
+        self.device = device
+        self.path = self.run_dir / "samples.jsonl"
+        kept = []
+        if resume_step is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if line.strip() and int(json.loads(line).get("step", 0)) <= resume_step:
+                        kept.append(line)
+                except ValueError:
+                    continue
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.pipe: Any = None
+
+    def _pipeline(self) -> Any:
+        if self.pipe is None:
+            from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            from pipelines.builtin_ldm import make_scheduler
+
+            self.pipe = StableDiffusionPipeline(
+                vae=AutoencoderKL.from_pretrained(self.vae_dir, use_safetensors=True),
+                text_encoder=CLIPTextModel.from_pretrained(self.text_dir / "text_encoder", dtype=torch.float32,
+                                                           use_safetensors=True),
+                tokenizer=CLIPTokenizer.from_pretrained(self.text_dir / "tokenizer"),
+                unet=UNet2DConditionModel(**self.cfg), scheduler=make_scheduler(), safety_checker=None,
+                feature_extractor=None, requires_safety_checker=False).to(self.device)
+            self.pipe.set_progress_bar_config(disable=True)
+        return self.pipe
+
+    @torch.no_grad()
+    def __call__(self, step: int, model: torch.nn.Module, ema: common.EMA) -> Path:
+        pipe = self._pipeline()
+        pipe.unet.load_state_dict(model.state_dict())  # non-float buffers, then the averaged weights
+        ema.copy_to(pipe.unet)
+        pipe.unet.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            images = pipe(prompt=list(self.prompts), num_inference_steps=self.steps, guidance_scale=self.guidance,
+                          height=64, width=64,
+                          generator=[torch.Generator().manual_seed(self.seed + i) for i in range(len(self.prompts))]
+                          ).images
+        title = f"step {step}  EMA  {self.steps} DPM-Solver++ steps  guidance {self.guidance:g}"
+        rel = Path("samples") / f"step_{step:06d}.png"
+        out = self.run_dir / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.stem + ".tmp.png")
+        sample_grid(images, self.prompts, title).save(tmp)
+        tmp.replace(out)
+        record = {"step": int(step), "path": rel.as_posix(), "prompts": list(self.prompts), "seed": self.seed,
+                  "seeds": [self.seed + i for i in range(len(self.prompts))], "num_inference_steps": self.steps,
+                  "guidance_scale": self.guidance, "height": 64, "width": 64, "weights": "ema",
+                  "time": time.time()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        return out
+
+
+class ExportError(ValueError):
+    """A run that cannot be exported onto the given base model (the reason says what differs)."""
+
+
+def _run_record(run_dir: Path) -> dict[str, Any]:
+    """The run's record (step, text/vae hashes, scaling factor...): its checkpoint's, else its exported UNet's."""
+    if (run_dir / "checkpoint.pt").is_file():
+        state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+        return {"step": int(state["step"]), **{k: v for k, v in state["extra"].items() if k != "unet_config"}}
+    info = run_dir / "unet" / "training.json"
+    if info.is_file():
+        return json.loads(info.read_text())
+    raise ExportError(f"{run_dir} has neither checkpoint.pt nor an exported unet/ (has the run saved a checkpoint?)")
+
+
+def _safetensors_dtype(folder: Path) -> torch.dtype:
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return torch.float32
+    with safe_open(str(files[0]), "pt") as f:
+        kinds = {f.get_slice(k).get_dtype() for k in f.keys()}
+    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(kinds.pop(), torch.float32) if len(kinds) == 1 else (
+        torch.float32)
+
+
+def export_pipeline(run_dir: Path, out: Path, base: Path = BASE_LDM, use_ema: bool = True) -> Path:
+    """Write a complete diffusers ``StableDiffusionPipeline`` folder to ``out``: the run's (EMA) UNet plus the
+    ``base`` folder's vae, text_encoder, tokenizer, scheduler, model_index.json and default_settings.json.
+
+    The run must have been trained on the base's text encoder (``text_hash``) and latent scale
+    (``scaling_factor``), else :class:`ExportError` says so. The UNet is stored in the base UNet's dtype (fp16
+    for the shipped model; diffusers loads it as fp32). Written to ``<out>.tmp`` (``model_index.json`` last)
+    and renamed into place, so a model list never sees half a folder; an existing ``out`` is replaced.
+    """
+    from diffusers import UNet2DConditionModel
+
+    run_dir, out, base = Path(run_dir), Path(out), Path(base)
+    missing = [p for p in ("model_index.json", "vae", "text_encoder", "tokenizer", "scheduler", "unet")
+               if not (base / p).exists()]
+    if missing:
+        raise ExportError(f"base {base} is not a StableDiffusionPipeline folder (missing {', '.join(missing)})")
+    record = _run_record(run_dir)
+    base_text = lat.file_hash(base / "text_encoder")
+    base_info = json.loads((base / "training.json").read_text()) if (base / "training.json").is_file() else {}
+    if record.get("text_hash") is None or record["text_hash"] not in (base_text, base_info.get("text_hash")):
+        raise ExportError(f"{run_dir} was trained on another text encoder (text_hash {record.get('text_hash')}) "
+                          f"than {base} ({base_text}): its UNet would be conditioned on the wrong prompt "
+                          "embeddings. Train with that folder's text encoder (the default --clip-dir does for "
+                          "the shipped shapes-ldm), or export onto the base it was trained for (--base)")
+    base_scale = float(json.loads((base / "vae" / "config.json").read_text()).get("scaling_factor", 0.18215))
+    if "scaling_factor" in record and abs(float(record["scaling_factor"]) - base_scale) > 1e-6 * max(1, base_scale):
+        raise ExportError(f"{run_dir} was trained on latents scaled by {record['scaling_factor']}, but {base}/vae "
+                          f"scales by {base_scale}: train on that VAE's latents (--vae-dir {base / 'vae'})")
+    if record.get("vae_hash") and record["vae_hash"] not in (lat.file_hash(base / "vae"), base_info.get("vae_hash")):
+        warnings.warn(f"{run_dir}'s latents came from another VAE file (vae_hash {record['vae_hash']}) than "
+                      f"{base}/vae; its images decode right only if the two share the encoder's latent space",
+                      stacklevel=2)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+            shutil.copytree(base / part, tmp / part)
+        if (base / "default_settings.json").is_file():
+            shutil.copy2(base / "default_settings.json", tmp / "default_settings.json")
+        if (run_dir / "checkpoint.pt").is_file():
+            export_unet(run_dir, tmp / "unet", use_ema=use_ema)
+        else:  # a finished run whose checkpoint was removed: its exported (EMA) UNet
+            shutil.copytree(run_dir / "unet", tmp / "unet")
+        dtype = _safetensors_dtype(base / "unet")
+        if dtype != torch.float32:
+            UNet2DConditionModel.from_pretrained(tmp / "unet", torch_dtype=dtype, use_safetensors=True).save_pretrained(
+                tmp / "unet", safe_serialization=True)
+        step = int(record.pop("step", 0))
+        info = {"ldm_step": step, **record, "base": str(base), "run_dir": str(run_dir), "weights": (
+            "ema" if use_ema else "raw")}
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+        shutil.copy2(base / "model_index.json", tmp / "model_index.json")  # last: now it lists as a model
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def cli(argv: Sequence[str] | None = None) -> Path:
+    """``python -m pipelines.training.ldm export RUN_DIR OUT [--base DIR] [--raw]``."""
+    p = argparse.ArgumentParser(prog="python -m pipelines.training.ldm",
+                                description="Tools for latent-diffusion runs (training: python -m pipelines.train ldm)")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="write a run's EMA UNet + a base model's other parts as a "
+                                      "StableDiffusionPipeline folder")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("out", type=Path)
+    e.add_argument("--base", type=Path, default=BASE_LDM,
+                   help=f"where the vae, text encoder, tokenizer and scheduler come from (default {BASE_LDM})")
+    e.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA average")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        out = export_pipeline(args.run_dir, args.out, base=args.base, use_ema=not args.raw)
+    except ExportError as exc:
+        raise SystemExit(f"export refused: {exc}") from None
+    info = json.loads((out / "training.json").read_text())
+    print(f"wrote {out} (LDM step {info['ldm_step']}, base {args.base})")
+    return out
 
 
 def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -278,3 +650,7 @@ def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
         for k, v in state.items():
             if torch.is_tensor(v) and k != "step":
                 state[k] = v.to(device)
+
+
+if __name__ == "__main__":
+    cli()

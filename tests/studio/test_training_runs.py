@@ -1,0 +1,128 @@
+"""Training runs started the way the Train tab starts them (studio.training): a separate process per run, its state
+read back from the run folder; stop / resume continue from the checkpoint; a killed run never takes the manager
+down; a finished latent-diffusion run exports a model the registry lists and its sample grids reach the gallery."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.registry import ModelRegistry
+from studio.gallery import Gallery
+from studio.training import TrainingError, TrainingManager, TrainSpec, parse_extra
+
+TINY = ("--pool", "16", "--widths", "8,16,16", "--warmup", "1", "--threads", "1")
+
+
+def tiny_spec(name: str, steps: int, **kw) -> TrainSpec:
+    return TrainSpec(target="ldm-fresh", name=name, steps=steps, batch_size=2, lr=1e-3, sample_every=kw.pop("every", 0),
+                     checkpoint_every=kw.pop("ckpt", 2), extra=TINY + tuple(kw.pop("extra", ())), **kw)
+
+
+def ended(mgr, name):
+    """A waiting predicate: the run's state once its process has ended, else None."""
+    return lambda: (lambda st: None if st.alive else st)(mgr.state(name))
+
+
+def wait_for(predicate, timeout: float = 300, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture()
+def mgr(tmp_path) -> TrainingManager:
+    return TrainingManager(tmp_path / "runs", tmp_path / "models")
+
+
+def test_bad_specs_and_names_get_clear_messages(mgr):
+    bad = [TrainSpec(target="nope"), TrainSpec(steps=0), TrainSpec(batch_size=-1), TrainSpec(lr=0.0),
+           TrainSpec(lr=float("nan")), TrainSpec(ema_decay=1.0), TrainSpec(caption_dropout=2.0), TrainSpec(world="mars")]
+    for spec in bad:
+        with pytest.raises(TrainingError):
+            spec.validate()
+    for name in ("../escape", "a/b", "-flag", "x" * 49, "spa ce", ""):
+        with pytest.raises(TrainingError, match="run name"):
+            mgr.run_dir(name)
+    with pytest.raises(TrainingError, match="not allowed"):
+        parse_extra("--out /etc")
+    with pytest.raises(TrainingError, match="not allowed"):
+        parse_extra("--run-dir=/tmp/x")
+    with pytest.raises(TrainingError, match="start with a --flag"):
+        parse_extra("rm -rf /")
+    with pytest.raises(TrainingError):
+        parse_extra('--pool "unclosed')
+    assert parse_extra("--pool 64 --warmup 5") == ("--pool", "64", "--warmup", "5")
+    # the trainer's own parser vets values before a process starts, and nothing is left behind
+    with pytest.raises(TrainingError, match="refused"):
+        mgr.start(tiny_spec("badpool", 2, extra=("--pool", "lots")))
+    assert mgr.runs() == []
+
+
+def test_a_run_trains_in_its_own_process_then_exports_a_listed_model_and_gallery_samples(mgr, tmp_path):
+    name = mgr.start(tiny_spec("tiny", 4, every=2))
+    with pytest.raises(TrainingError, match="exists already"):
+        mgr.start(tiny_spec("tiny", 4))
+    assert mgr.active() == "tiny"
+    st = wait_for(ended(mgr, name), what="the run to end")
+    assert st.state == "finished", st.log_tail
+    assert st.step == st.steps == 4 and [s for s, _ in st.losses] == [1, 2, 3, 4]
+    assert [r["step"] for r in st.samples] == [2, 4]
+    assert all((mgr.run_dir(name) / r["path"]).is_file() for r in st.samples)
+    model_id = mgr.export(name)
+    assert model_id == "local/tiny-step4"
+    assert mgr.export(name) is None  # once per checkpoint
+    registry = ModelRegistry(builtin_dir=None, user_dir=tmp_path / "models")
+    assert registry.get(model_id).pipeline_class == "StableDiffusionPipeline"
+    assert mgr.state(name).exported == model_id
+    gallery = Gallery.open(tmp_path / "gallery")
+    try:
+        ids = mgr.import_samples(name, gallery)
+        assert len(ids) == 2 and mgr.import_samples(name, gallery) == []
+        row = gallery.get(ids[-1])
+        assert {"training", "run:tiny", "step:4"} <= set(row.tags) and row.model_id == "run/tiny"
+        assert gallery.integrity_check() == "ok"
+    finally:
+        gallery.close()
+
+
+def test_stop_then_resume_continues_from_the_saved_step(mgr):
+    name = mgr.start(tiny_spec("long", 100_000, ckpt=1000))
+    wait_for(lambda: mgr.state(name).step >= 3, what="a few steps")
+    assert "Stopping" in mgr.stop(name)
+    st = wait_for(ended(mgr, name), what="the stop")
+    assert st.state == "stopped" and 3 <= st.step < 100_000, st.log_tail
+    k = st.step
+    assert st.can_resume
+    assert "Resumed" in mgr.resume(name)
+    with pytest.raises(TrainingError, match="still running"):
+        mgr.resume(name)
+    wait_for(lambda: mgr.state(name).step >= k + 2, what="steps after the resume")
+    mgr.stop(name)
+    st2 = wait_for(ended(mgr, name), what="the second stop")
+    steps = [s for s, _ in st2.losses]
+    assert steps == list(range(1, st2.step + 1))  # the log reads like one uninterrupted run
+    assert "stopped at step" in mgr.log_tail(name, lines=200)
+
+
+def test_a_killed_run_is_reported_and_a_restarted_studio_reconnects(mgr, tmp_path):
+    name = mgr.start(tiny_spec("victim", 100_000, ckpt=1000))
+    wait_for(lambda: mgr.state(name).step >= 1, what="a first step")
+    again = TrainingManager(tmp_path / "runs", tmp_path / "models")  # the studio restarted: only the files remain
+    assert again.active() == name and again.state(name).alive
+    pid = json.loads((mgr.run_dir(name) / "job.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    st = wait_for(ended(again, name), what="the kill")
+    assert st.state == "crashed" and again.active() is None
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        again.resume(name)
+    # the manager that started it reaps its exit code (-9): failed (the process may take a moment to be reaped)
+    assert wait_for(ended(mgr, name), what="the reap").state == "failed"
