@@ -117,7 +117,7 @@ def build_generate_tab(services: Services) -> GenerateTab:
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
-                model = gr.Dropdown(model_choices(services), value=default_model, label="Model", scale=4,
+                model = gr.Dropdown(model_choices(services), value=default_model, label="Model", scale=4, elem_id="generate-model",
                                     allow_custom_value=True,
                                     info=None if default_model else "No models found: see the README's model section.")
                 refresh = gr.Button("↻ Rescan models", scale=1, size="sm")

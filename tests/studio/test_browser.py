@@ -162,3 +162,69 @@ def test_video_tab_generates_a_clip_with_a_player_frames_and_measures(studio, pa
     page.get_by_role("tab", name="Gallery").click()
     page.locator("#gallery-grid img").first.click()  # newest first: this clip
     page.wait_for_selector("#gallery-video video", timeout=30_000)
+
+
+@pytest.fixture()
+def training_studio(tmp_path):
+    """A studio of its own: its models folder receives the run's export, its gallery the sample grids."""
+    from .conftest import StudioProcess
+
+    (tmp_path / "models").mkdir()
+    proc = StudioProcess(tmp_path / "models", tmp_path / "gallery").start()
+    yield proc
+    proc.stop()
+
+
+def _pick(page, elem_id: str, text: str) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.fill(text)
+    box.press("Enter")
+
+
+def test_train_tab_runs_a_short_training_then_generate_uses_its_checkpoint(training_studio, page):
+    studio = training_studio
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Train").click()
+    _pick(page, "train-target", "Latent diffusion: a fresh UNet")
+    page.locator("#train-name textarea, #train-name input").first.fill("browser-run")
+    for field, value in (("#train-steps", "6"), ("#train-batch", "2"), ("#train-every", "3"), ("#train-lr", "0.001")):
+        page.locator(f"{field} input").fill(value)
+    page.locator("#train-more textarea, #train-more input").first.fill("--pool 16 --widths 8,16,16 --warmup 1 "
+                                                                       "--threads 1")
+    page.locator("#train-start").click()
+    page.wait_for_function("document.querySelector('#train-message').innerText.includes('Started')", timeout=30_000)
+    page.wait_for_function("document.querySelector('#train-status').innerText.includes('exported as')",
+                           timeout=240_000)
+    status = page.locator("#train-status").inner_text()
+    assert "finished at step 6 / 6" in status and "local/browser-run-step6" in status
+    page.wait_for_selector("#train-loss canvas, #train-loss svg", timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('#train-samples img').length >= 2", timeout=30_000)
+    # the checkpoint generates from the Generate tab, no restart
+    page.get_by_role("tab", name="Generate").click()
+    _pick(page, "generate-model", "local/browser-run-step6")
+    page.get_by_label("Prompt", exact=True).fill("a red circle")
+    page.click("#generate-button")
+    page.wait_for_function("document.querySelector('#generate-status').innerText.includes('Done')", timeout=90_000)
+    assert page.locator("#generate-result img").count() >= 1
+    # the sample grids are in the gallery, and a reload reconnects the Train tab to the run
+    assert _gallery_count(page) >= 3  # 2 grids + the generation
+    page.reload()
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_function("document.querySelector('#train-status').innerText.includes('browser-run')",
+                           timeout=30_000)
+
+
+def test_two_d_lab_trains_ddpm_and_flow_and_shows_the_measures(studio, page):
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_role("tab", name="2-D lab: DDPM vs flow").click()
+    page.locator("#lab-train-steps input").fill("300")
+    page.locator("#lab-run").click()
+    page.wait_for_function("document.querySelector('#lab-status').innerText.includes('distance floor')",
+                           timeout=120_000)
+    text = page.locator("#lab-status").inner_text()
+    assert "ddpm" in text and "flow" in text and "straightness" in text
+    page.wait_for_selector("#lab-animation img", timeout=30_000)
+    page.wait_for_function("document.querySelector('#lab-table').innerText.includes('reflow')", timeout=30_000)
+    table = page.locator("#lab-table").inner_text()
+    assert all(word in table for word in ("ddpm", "flow", "distance", "straightness"))
