@@ -116,33 +116,25 @@ def _build_image_training(services: Services, generate: GenerateTab) -> dict[str
                               elem_id="train-log")
     timer = gr.Timer(POLL_S)
 
-    def start_fn(target_v, world_v, name_v, steps_v, batch_v, lr_v, ema_v, drop_v, every_v, more_v):
+    def start_fn(*form_values):
         try:
-            spec = TrainSpec(target=target_v, name=name_v or "", world=world_v, steps=_int(steps_v, "Steps"),
-                             batch_size=_int(batch_v, "Batch size"), lr=_float(lr_v, "Learning rate"),
-                             ema_decay=_float(ema_v, "EMA decay"), caption_dropout=_float(drop_v, "Caption dropout"),
-                             sample_every=_int(every_v, "Sample every"),
-                             checkpoint_every=max(1, min(_int(every_v, "Sample every") or 50, 200)), extra=parse_extra(more_v))
-            run = mgr.start(spec)
+            run = mgr.start(spec_from_form(*form_values))
         except TrainingError as exc:
             return gr.Dropdown(), f"⚠ {exc}"
         return gr.Dropdown(choices=mgr.runs(), value=run), f"Started **{run}** in its own process."
 
-    def stop_fn(run):
-        if not run:
-            return "⚠ Choose a run first."
-        try:
-            return mgr.stop(run)
-        except TrainingError as exc:
-            return f"⚠ {exc}"
+    def on_run(action):
+        """Stop / Resume: the manager's message, or why it could not."""
+        def handler(run):
+            if not run:
+                return "⚠ Choose a run first."
+            try:
+                return action(run)
+            except TrainingError as exc:
+                return f"⚠ {exc}"
+        return handler
 
-    def resume_fn(run):
-        if not run:
-            return "⚠ Choose a run first."
-        try:
-            return mgr.resume(run)
-        except TrainingError as exc:
-            return f"⚠ {exc}"
+    stop_fn, resume_fn = on_run(mgr.stop), on_run(mgr.resume)
 
     def poll(run, current_model):
         """The selected run as the page shows it; exports a stopped/finished run and imports its sample grids."""
@@ -184,6 +176,17 @@ def _build_image_training(services: Services, generate: GenerateTab) -> dict[str
         return gr.Dropdown(choices=names, value=mgr.active() or (names[0] if names else None))
 
     return {"reconnect": (reconnect, runs), "start": start_fn}
+
+
+def spec_from_form(target_v, world_v, name_v, steps_v, batch_v, lr_v, ema_v, drop_v, every_v, more_v) -> TrainSpec:
+    """The form's values as a validated :class:`TrainSpec` (a :class:`TrainingError` says what is wrong)."""
+    every = _int(every_v, "Sample every")
+    spec = TrainSpec(target=target_v, name=str(name_v or ""), world=world_v, steps=_int(steps_v, "Steps"),
+                     batch_size=_int(batch_v, "Batch size"), lr=_float(lr_v, "Learning rate"),
+                     ema_decay=_float(ema_v, "EMA decay"), caption_dropout=_float(drop_v, "Caption dropout"),
+                     sample_every=every, checkpoint_every=max(1, min(every or 50, 200)), extra=parse_extra(more_v))
+    spec.validate()
+    return spec
 
 
 def _int(value: Any, what: str) -> int:

@@ -126,3 +126,32 @@ def test_a_killed_run_is_reported_and_a_restarted_studio_reconnects(mgr, tmp_pat
         again.resume(name)
     # the manager that started it reaps its exit code (-9): failed (the process may take a moment to be reaped)
     assert wait_for(ended(mgr, name), what="the reap").state == "failed"
+
+
+GOOD_FORM = ("ldm-finetune", "shapes", "", 200, 16, 1e-4, 0.999, 0.1, 50, "")
+
+
+@pytest.mark.parametrize("index, value", [
+    (0, "dit-from-mars"), (1, "underwater"), (2, "../../etc"), (2, "x" * 100_000), (2, "名前 with spaces"),
+    (3, float("nan")), (3, float("inf")), (3, -5), (3, 2.5), (3, "many"), (3, None), (3, 10**12),
+    (4, 0), (4, float("-inf")), (5, 0), (5, float("nan")), (5, "fast"), (6, 1.0), (6, -0.1),
+    (7, 1.5), (8, -1), (9, "--run-dir /tmp/elsewhere"), (9, "; rm -rf /"), (9, "--out=/etc/passwd"),
+])
+def test_the_train_form_refuses_bad_values_with_a_message_and_starts_nothing(index, value, mgr):
+    from studio.tabs.train import spec_from_form
+
+    form = list(GOOD_FORM)
+    form[index] = value
+    with pytest.raises(TrainingError) as info:
+        spec_from_form(*form)
+        mgr.start(spec_from_form(*form))  # names are checked when the run folder is made
+    assert str(info.value) and "Traceback" not in str(info.value)
+    assert mgr.runs() == [] and not mgr.runs_dir.exists()
+
+
+def test_the_train_form_accepts_its_defaults():
+    from studio.tabs.train import spec_from_form
+
+    spec = spec_from_form(*GOOD_FORM)
+    assert (spec.steps, spec.batch_size, spec.sample_every, spec.checkpoint_every) == (200, 16, 50, 50)
+    assert "--init-unet" in spec.argv(Path("/tmp/run"))
