@@ -43,20 +43,16 @@ run of the same shape reloads that, any other (e.g. 2 processes -> 1) falls back
 
 For a UI (the studio's Train tab): ``status.json`` (state, step, samples/s, ETA), ``stop.request`` (checkpoint
 and stop after the current step), sample grids of the EMA weights every ``--sample-every`` steps
-(``samples/step_000200.png`` + ``samples.jsonl``), and :func:`export_pipeline` /
-``python -m pipelines.training.ldm export RUN_DIR OUT`` to turn a run into a complete
-``StableDiffusionPipeline`` folder.
+(``samples/step_000200.png`` + ``samples.jsonl``; :mod:`pipelines.training.ldm_samples`), and
+:func:`export_pipeline` / ``python -m pipelines.training.ldm export RUN_DIR OUT`` to turn a run into a complete
+``StableDiffusionPipeline`` folder (:mod:`pipelines.training.ldm_export`). Both are re-exported here.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
-import sys
-import textwrap
 import time
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +61,10 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.training import accel, common, latents as lat
+# Re-exported: the sample grids and the export used to live here (``from pipelines.training.ldm import ...``).
+from pipelines.training.ldm_export import (BASE_LDM, ExportError, _run_record, _safetensors_dtype,  # noqa: F401
+                                           cli, export_pipeline, export_unet)
+from pipelines.training.ldm_samples import SAMPLE_PROMPTS, SampleGrids, _wrap, sample_grid  # noqa: F401
 
 SCHEDULER_CFG: dict[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                                  "beta_schedule": "scaled_linear", "steps_offset": 1, "clip_sample": False,
@@ -90,13 +90,6 @@ def unet_config(widths: tuple[int, ...] = (32, 64, 128), cross_dim: int = 128, h
     if text_time:
         cfg.update(addition_embed_type="text", addition_embed_type_num_heads=heads)
     return cfg
-
-
-SAMPLE_PROMPTS: tuple[str, ...] = (
-    "a red circle", "a blue square", "a green triangle", "a yellow star",
-    "a large purple diamond on a black background", "a small orange circle in the top left",
-    "a pink cross on a gray background", "a cyan square at the bottom")
-BASE_LDM = Path(__file__).resolve().parents[2] / "assets" / "models" / "shapes-ldm"  # the shipped model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,17 +170,6 @@ def sample_captions(pool: dict[str, Any], rows: np.ndarray, rng: np.random.Gener
         text = shapes.caption(lat.tensor_to_recipe(pool["recipes"][r]), rng, drop_prob)
         out.append("" if rng.random() < uncond_prob else text)
     return out
-
-
-def export_unet(run_dir: Path, out: Path, use_ema: bool = True) -> Path:
-    """Save the (EMA) UNet of ``<run-dir>/checkpoint.pt`` as a diffusers folder."""
-    from diffusers import UNet2DConditionModel
-
-    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    unet = UNet2DConditionModel(**json.loads(state["extra"]["unet_config"]))
-    common.load_trained(unet, state, use_ema).save_pretrained(out, safe_serialization=True)
-    common.write_training_info(out, state, "unet_config")
-    return Path(out)
 
 
 ACCELERATED = True  # understands --device, --workers and --time-budget
@@ -423,225 +405,6 @@ def _train(args: argparse.Namespace, accelerator: Any, status: accel.StatusFile)
         status.update("finished", force=True)
     accelerator.wait_for_everyone()  # the others wait for the main process's export
     return result
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    return textwrap.wrap(text, width=width) or [""]
-
-
-def sample_grid(images: Sequence[Any], prompts: Sequence[str], title: str = "", cols: int = 4,
-                tile: int = 128) -> Any:
-    """One PIL image: ``images`` (upscaled to ``tile`` px, nearest) in rows of ``cols``, each prompt below its
-    image, ``title`` on top."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    cols = max(1, min(cols, len(images)))
-    rows = (len(images) + cols - 1) // cols
-    line_h, pad = 12, 4
-    chars = max(8, tile // 6)
-    label_lines = max(len(_wrap(p, chars)) for p in prompts) if prompts else 1
-    cell_h = tile + pad + label_lines * line_h + pad
-    head = line_h + 2 * pad if title else 0
-    grid = Image.new("RGB", (cols * tile + (cols + 1) * pad, head + rows * cell_h + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    if title:
-        draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
-    for i, (image, prompt) in enumerate(zip(images, prompts)):
-        r, c = divmod(i, cols)
-        x, y = pad + c * (tile + pad), head + pad + r * cell_h
-        grid.paste(image.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
-        for j, line in enumerate(_wrap(prompt, chars)):
-            draw.text((x, y + tile + pad + j * line_h), line, fill=(0, 0, 0), font=font)
-    return grid
-
-
-class SampleGrids:
-    """Sample grids of a run's EMA weights: ``<run-dir>/samples/step_000200.png`` + a ``samples.jsonl`` record.
-
-    Each grid is the run's own ``StableDiffusionPipeline`` (its VAE ``--vae-dir``, its text encoder, a copy of
-    the UNet holding the EMA weights, DPM-Solver++ 2M) at 64x64, prompt ``i`` with seed ``sample-seed + i`` (a
-    CPU generator, as the studio draws it), ``--sample-steps`` steps at guidance ``--sample-guidance``; the
-    global RNG states are restored afterwards, so sampling never changes training. A resumed run drops the
-    records after the step it resumed from; a fresh one starts the file anew.
-    """
-
-    def __init__(self, run_dir: Path, vae_dir: Path, text_dir: Path, unet_cfg: dict[str, Any],
-                 args: argparse.Namespace, device: torch.device, resume_step: int | None = None) -> None:
-        self.run_dir, self.vae_dir, self.text_dir, self.cfg = Path(run_dir), Path(vae_dir), Path(text_dir), unet_cfg
-        self.prompts = [p.strip() for p in str(args.sample_prompts).split("|") if p.strip()] or list(SAMPLE_PROMPTS)
-        self.steps, self.guidance = int(args.sample_steps), float(args.sample_guidance)
-        self.seed = int(args.sample_seed)
-        self.device = device
-        self.path = self.run_dir / "samples.jsonl"
-        kept = []
-        if resume_step is not None and self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    if line.strip() and int(json.loads(line).get("step", 0)) <= resume_step:
-                        kept.append(line)
-                except ValueError:
-                    continue
-        self.path.write_text("".join(line + "\n" for line in kept))
-        self.pipe: Any = None
-
-    def _pipeline(self) -> Any:
-        if self.pipe is None:
-            from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-            from transformers import CLIPTextModel, CLIPTokenizer
-
-            from pipelines.builtin_ldm import make_scheduler
-
-            self.pipe = StableDiffusionPipeline(
-                vae=AutoencoderKL.from_pretrained(self.vae_dir, use_safetensors=True),
-                text_encoder=CLIPTextModel.from_pretrained(self.text_dir / "text_encoder", dtype=torch.float32,
-                                                           use_safetensors=True),
-                tokenizer=CLIPTokenizer.from_pretrained(self.text_dir / "tokenizer"),
-                unet=UNet2DConditionModel(**self.cfg), scheduler=make_scheduler(), safety_checker=None,
-                feature_extractor=None, requires_safety_checker=False).to(self.device)
-            self.pipe.set_progress_bar_config(disable=True)
-        return self.pipe
-
-    @torch.no_grad()
-    def __call__(self, step: int, model: torch.nn.Module, ema: common.EMA) -> Path:
-        pipe = self._pipeline()
-        pipe.unet.load_state_dict(model.state_dict())  # non-float buffers, then the averaged weights
-        ema.copy_to(pipe.unet)
-        pipe.unet.eval()
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            images = pipe(prompt=list(self.prompts), num_inference_steps=self.steps, guidance_scale=self.guidance,
-                          height=64, width=64,
-                          generator=[torch.Generator().manual_seed(self.seed + i) for i in range(len(self.prompts))]
-                          ).images
-        title = f"step {step}  EMA  {self.steps} DPM-Solver++ steps  guidance {self.guidance:g}"
-        rel = Path("samples") / f"step_{step:06d}.png"
-        out = self.run_dir / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.stem + ".tmp.png")
-        sample_grid(images, self.prompts, title).save(tmp)
-        tmp.replace(out)
-        record = {"step": int(step), "path": rel.as_posix(), "prompts": list(self.prompts), "seed": self.seed,
-                  "seeds": [self.seed + i for i in range(len(self.prompts))], "num_inference_steps": self.steps,
-                  "guidance_scale": self.guidance, "height": 64, "width": 64, "weights": "ema",
-                  "time": time.time()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        return out
-
-
-class ExportError(ValueError):
-    """A run that cannot be exported onto the given base model (the reason says what differs)."""
-
-
-def _run_record(run_dir: Path) -> dict[str, Any]:
-    """The run's record (step, text/vae hashes, scaling factor...): its checkpoint's, else its exported UNet's."""
-    if (run_dir / "checkpoint.pt").is_file():
-        state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-        return {"step": int(state["step"]), **{k: v for k, v in state["extra"].items() if k != "unet_config"}}
-    info = run_dir / "unet" / "training.json"
-    if info.is_file():
-        return json.loads(info.read_text())
-    raise ExportError(f"{run_dir} has neither checkpoint.pt nor an exported unet/ (has the run saved a checkpoint?)")
-
-
-def _safetensors_dtype(folder: Path) -> torch.dtype:
-    from safetensors import safe_open
-
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        return torch.float32
-    with safe_open(str(files[0]), "pt") as f:
-        kinds = {f.get_slice(k).get_dtype() for k in f.keys()}
-    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(kinds.pop(), torch.float32) if len(kinds) == 1 else (
-        torch.float32)
-
-
-def export_pipeline(run_dir: Path, out: Path, base: Path = BASE_LDM, use_ema: bool = True) -> Path:
-    """Write a complete diffusers ``StableDiffusionPipeline`` folder to ``out``: the run's (EMA) UNet plus the
-    ``base`` folder's vae, text_encoder, tokenizer, scheduler, model_index.json and default_settings.json.
-
-    The run must have been trained on the base's text encoder (``text_hash``) and latent scale
-    (``scaling_factor``), else :class:`ExportError` says so. The UNet is stored in the base UNet's dtype (fp16
-    for the shipped model; diffusers loads it as fp32). Written to ``<out>.tmp`` (``model_index.json`` last)
-    and renamed into place, so a model list never sees half a folder; an existing ``out`` is replaced.
-    """
-    from diffusers import UNet2DConditionModel
-
-    run_dir, out, base = Path(run_dir), Path(out), Path(base)
-    missing = [p for p in ("model_index.json", "vae", "text_encoder", "tokenizer", "scheduler", "unet")
-               if not (base / p).exists()]
-    if missing:
-        raise ExportError(f"base {base} is not a StableDiffusionPipeline folder (missing {', '.join(missing)})")
-    record = _run_record(run_dir)
-    base_text = lat.file_hash(base / "text_encoder")
-    base_info = json.loads((base / "training.json").read_text()) if (base / "training.json").is_file() else {}
-    if record.get("text_hash") is None or record["text_hash"] not in (base_text, base_info.get("text_hash")):
-        raise ExportError(f"{run_dir} was trained on another text encoder (text_hash {record.get('text_hash')}) "
-                          f"than {base} ({base_text}): its UNet would be conditioned on the wrong prompt "
-                          "embeddings. Train with that folder's text encoder (the default --clip-dir does for "
-                          "the shipped shapes-ldm), or export onto the base it was trained for (--base)")
-    base_scale = float(json.loads((base / "vae" / "config.json").read_text()).get("scaling_factor", 0.18215))
-    if "scaling_factor" in record and abs(float(record["scaling_factor"]) - base_scale) > 1e-6 * max(1, base_scale):
-        raise ExportError(f"{run_dir} was trained on latents scaled by {record['scaling_factor']}, but {base}/vae "
-                          f"scales by {base_scale}: train on that VAE's latents (--vae-dir {base / 'vae'})")
-    if record.get("vae_hash") and record["vae_hash"] not in (lat.file_hash(base / "vae"), base_info.get("vae_hash")):
-        warnings.warn(f"{run_dir}'s latents came from another VAE file (vae_hash {record['vae_hash']}) than "
-                      f"{base}/vae; its images decode right only if the two share the encoder's latent space",
-                      stacklevel=2)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
-            shutil.copytree(base / part, tmp / part)
-        if (base / "default_settings.json").is_file():
-            shutil.copy2(base / "default_settings.json", tmp / "default_settings.json")
-        if (run_dir / "checkpoint.pt").is_file():
-            export_unet(run_dir, tmp / "unet", use_ema=use_ema)
-        else:  # a finished run whose checkpoint was removed: its exported (EMA) UNet
-            shutil.copytree(run_dir / "unet", tmp / "unet")
-        dtype = _safetensors_dtype(base / "unet")
-        if dtype != torch.float32:
-            UNet2DConditionModel.from_pretrained(tmp / "unet", torch_dtype=dtype, use_safetensors=True).save_pretrained(
-                tmp / "unet", safe_serialization=True)
-        step = int(record.pop("step", 0))
-        info = {"ldm_step": step, **record, "base": str(base), "run_dir": str(run_dir), "weights": (
-            "ema" if use_ema else "raw")}
-        (tmp / "training.json").write_text(json.dumps(info, indent=2))
-        shutil.copy2(base / "model_index.json", tmp / "model_index.json")  # last: now it lists as a model
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
-
-
-def cli(argv: Sequence[str] | None = None) -> Path:
-    """``python -m pipelines.training.ldm export RUN_DIR OUT [--base DIR] [--raw]``."""
-    p = argparse.ArgumentParser(prog="python -m pipelines.training.ldm",
-                                description="Tools for latent-diffusion runs (training: python -m pipelines.train ldm)")
-    sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="write a run's EMA UNet + a base model's other parts as a "
-                                      "StableDiffusionPipeline folder")
-    e.add_argument("run_dir", type=Path)
-    e.add_argument("out", type=Path)
-    e.add_argument("--base", type=Path, default=BASE_LDM,
-                   help=f"where the vae, text encoder, tokenizer and scheduler come from (default {BASE_LDM})")
-    e.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA average")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        out = export_pipeline(args.run_dir, args.out, base=args.base, use_ema=not args.raw)
-    except ExportError as exc:
-        raise SystemExit(f"export refused: {exc}") from None
-    info = json.loads((out / "training.json").read_text())
-    print(f"wrote {out} (LDM step {info['ldm_step']}, base {args.base})")
-    return out
 
 
 def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
