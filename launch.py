@@ -9,7 +9,11 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Multimodal Studio: a browser studio for small diffusion models.")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to bind (default 127.0.0.1: only this machine can connect)")
+                        help="interface to bind (default 127.0.0.1: only this machine can connect); any other "
+                             "address needs --auth")
+    parser.add_argument("--auth", type=Path, default=None, metavar="FILE",
+                        help="file of user:password lines; the studio then asks for a login (required with a "
+                             "non-loopback --host)")
     parser.add_argument("--port", type=int, default=7860, help="TCP port of the web UI (default 7860)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"),
                         help="folder with your own diffusers model folders (default ./models)")
@@ -27,8 +31,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and "localhost" only reach this machine; every other address (0.0.0.0 included) is
+    reachable from the network."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a public interface
+
+
+class ExposureError(ValueError):
+    """The studio would be reachable without a login, or the login file is unusable."""
+
+
+def read_auth(path: Path) -> list[tuple[str, str]]:
+    """``user:password`` lines (blank lines and ``#`` comments skipped) as Gradio's ``auth`` list."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExposureError(f"cannot read the --auth file {path}: {exc}") from None
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password:
+            raise ExposureError(f"--auth file {path}, line {number}: expected user:password")
+        pairs.append((user.strip(), password))
+    if not pairs:
+        raise ExposureError(f"the --auth file {path} has no user:password line")
+    return pairs
+
+
+def check_exposure(host: str, auth_file: Path | None) -> list[tuple[str, str]] | None:
+    """The login list to launch with (None: no login). Refuses a non-loopback address without one."""
+    auth = read_auth(auth_file) if auth_file is not None else None
+    if auth is None and not is_loopback(host):
+        raise ExposureError(
+            f"refusing to listen on {host} without a login: anyone who can reach this machine could then run "
+            "models on it and read or delete your gallery (studios left open like this have been found and "
+            "abused). Pass --auth FILE with user:password lines, or keep the default --host 127.0.0.1 and reach "
+            "it through an SSH tunnel.")
+    return auth
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        auth = check_exposure(args.host, args.auth)
+    except ExposureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from studio.settings import Settings
 
     settings = Settings(host=args.host, port=args.port, models_dir=args.models_dir, gallery_dir=args.gallery_dir,
@@ -51,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Studio: {len(services.registry.entries())} model(s), gallery {settings.gallery_dir.resolve()}")
     demo.launch(server_name=settings.host, server_port=settings.port, inbrowser=settings.open_browser,
                 allowed_paths=[str(Path(settings.gallery_dir).resolve() / "media")], show_error=True,
-                footer_links=["api", "settings"], css=CSS, head=HEAD)
+                footer_links=["api", "settings"], css=CSS, head=HEAD, auth=auth)
     return 0
 
 
