@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     except (GalleryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from starlette.middleware import Middleware
+
     from studio.app import CSS, HEAD, build_app
+    from studio.origin_guard import OriginGuard
 
     demo = build_app(services)
     from pipelines.embedding_space import start_umap_warm_up
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Studio: {len(services.registry.entries())} model(s), gallery {settings.gallery_dir.resolve()}")
     demo.launch(server_name=settings.host, server_port=settings.port, inbrowser=settings.open_browser,
                 allowed_paths=[str(Path(settings.gallery_dir).resolve() / "media")], show_error=True,
-                footer_links=["api", "settings"], css=CSS, head=HEAD, auth=auth)
+                footer_links=["api", "settings"], css=CSS, head=HEAD, auth=auth,
+                app_kwargs={"middleware": [Middleware(OriginGuard)]})
     return 0
 
 
