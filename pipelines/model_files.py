@@ -18,9 +18,24 @@ def _check_json(path: Path) -> None:
         raise ModelLoadError(f"{path} is corrupt (not valid JSON: {exc}); restore it or re-save the model.") from None
 
 
+# What a file starts with when it is really a pickle: PyTorch's zip checkpoint, or a bare pickle stream
+# (protocol 2 to 5), whatever its name says.
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
 def _check_safetensors(path: Path) -> None:
     from safetensors import safe_open
 
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise ModelLoadError(f"{path} cannot be read ({exc}).") from None
+    if head.startswith(_PICKLE_MAGIC):
+        raise ModelLoadError(
+            f"{path} is not a safetensors file but a pickle (a PyTorch checkpoint) under a .safetensors name. "
+            "Pickles can run arbitrary code when loaded, so the studio refuses it (the format is read from the "
+            "file's contents, not its name); convert the model on a machine you trust.")
     try:
         with safe_open(str(path), framework="pt") as handle:
             keys = list(handle.keys())

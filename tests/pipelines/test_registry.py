@@ -77,6 +77,39 @@ def test_pickle_only_checkpoint_is_refused(model_copy):
         cache.get("local/broken")
 
 
+@pytest.mark.parametrize("protocol", ["zip", 2, 4, 5])
+def test_a_pickle_renamed_to_safetensors_is_refused_by_its_contents(model_copy, tmp_path, protocol):
+    """The format is read from the file, not its name: a PyTorch checkpoint (zip) or a bare pickle stream saved
+    as ``*.safetensors`` is refused as a pickle, and nothing in it is ever unpickled."""
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "unpickled.txt"
+    weights = model_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    payload = {"weight": torch.zeros(2), "evil": _Trap(str(marker))}
+    if protocol == "zip":
+        torch.save(payload, weights)
+    else:
+        weights.write_bytes(pickle.dumps(payload, protocol=protocol))
+    with pytest.raises(ModelLoadError, match=r"not a safetensors file but a pickle"):
+        check_model_folder(model_copy)
+    cache = ModelCache(ModelRegistry(builtin_dir=None, user_dir=model_copy.parent), resolve_device("cpu"))
+    with pytest.raises(ModelLoadError, match="pickle"):
+        cache.get("local/broken")
+    assert not marker.exists()
+
+
+class _Trap:
+    """Unpickling this writes a file: proof that a loader ran pickle code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path(self.path).write_text, ("ran",))
+
+
 @pytest.mark.parametrize(
     ("damage", "named"),
     [
