@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from starlette.middleware import Middleware
 
+    from studio.gallery.reconcile import sweep
+
+    try:
+        print(sweep(services.gallery).summary())  # after a crash: files without rows are removed, and said
+    except Exception as exc:  # the check must never keep the studio from starting
+        print(f"gallery check skipped: {exc}", file=sys.stderr)
     from studio.app import CSS, HEAD, build_app
     from studio.origin_guard import OriginGuard
 
