@@ -1,7 +1,7 @@
 """Gallery browsing while users generate: ``python -m bench.concurrency [--users 4] [--each 10] [--model ID]``.
 
 Starts a real studio (``launch.py``, its own gallery in a temporary folder), then times the Gallery's page query
-(``/gallery_search`` through ``gradio_client``, one request at a time) twice: with nothing running, and while
+(``/gallery_search`` over Gradio's HTTP API as the page calls it, one request at a time) twice: with nothing running, and while
 ``--users`` sessions each generate ``--each`` images at once (the builtin shapes-ldm at its defaults, or
 ``--model``). Prints the medians and p95s and their ratio. Model work goes through one queue per device; gallery
 reads skip that queue (``concurrency_limit=None``), so they should not wait behind the jobs (goal: p95 under
@@ -10,6 +10,7 @@ reads skip that queue (``concurrency_limit=None``), so they should not wait behi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -65,15 +66,22 @@ def main(argv: list[str] | None = None) -> None:
     (tmp / "models").mkdir()
     proc, url = _start(tmp / "gallery", tmp / "models")
     try:
-        viewer = Client(url, verbose=False)
         query = ("", "", "", "", "", "", "", "", False)
         seed_client = Client(url, verbose=False)
         for k in range(8):  # a gallery with a few pages' worth of rows to page through
             seed_client.predict(args.model, f"warm-up {k}", "", 2, 2.0, k, 64, 64, "dpmpp_2m", 4, api_name="/generate")
 
         def timed() -> float:
+            """One page query over Gradio's HTTP API (post, then read the answer's event stream); the browser's
+            own path, without gradio_client's download of every thumbnail into a local file."""
             t0 = time.perf_counter()
-            viewer.predict(*query, api_name="/gallery_search")
+            req = urllib.request.Request(url + "gradio_api/call/gallery_search", method="POST",
+                                         data=json.dumps({"data": list(query)}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            event = json.loads(urllib.request.urlopen(req, timeout=60).read())["event_id"]
+            body = urllib.request.urlopen(f"{url}gradio_api/call/gallery_search/{event}", timeout=60).read()
+            if b"event: complete" not in body:
+                raise RuntimeError(f"gallery query failed: {body[:300]!r}")
             return time.perf_counter() - t0
 
         idle = [timed() for _ in range(args.idle_queries)]
@@ -102,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     print(f"{args.users} users x {args.each} generations of {args.model} in {jobs_s:.1f} s; gallery page query "
-          f"through gradio_client (one at a time):")
+          f"over HTTP (one at a time):")
     print(f"  idle:      n={len(idle):4d}  median {1000 * statistics.median(idle):7.1f} ms  p95 {1000 * _p95(idle):7.1f} ms")
     print(f"  jobs busy: n={len(busy):4d}  median {1000 * statistics.median(busy):7.1f} ms  p95 {1000 * _p95(busy):7.1f} ms")
     print(f"  ratio busy/idle: median {statistics.median(busy) / statistics.median(idle):.2f}x, "
