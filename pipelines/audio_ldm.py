@@ -30,6 +30,7 @@ from .devices import DeviceSpec
 from .events import CancelFlag
 from .registry import ModelEntry, ModelLoadError, read_model_index
 from .x0 import predict_x0
+from .text_limits import has_visible_text
 
 MAX_DURATION = 30.0
 MAX_STEPS = 1000
@@ -52,7 +53,7 @@ class AudioRequest:
 
 def validate_audio_request(req: AudioRequest, max_duration: float = MAX_DURATION) -> None:
     """ValueError with a message saying what to change."""
-    if not isinstance(req.prompt, str) or not req.prompt.strip():
+    if not has_visible_text(req.prompt):
         raise ValueError("Type a prompt describing the sound.")
     d = req.duration_s
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or not 0.1 <= d <= max_duration:

@@ -1,7 +1,14 @@
 """What a text encoder actually reads of a prompt."""
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
+
+
+def has_visible_text(text: Any) -> bool:
+    """Whether ``text`` is a string with at least one visible character: not only spaces, control characters
+    (NUL, tabs, newlines), zero-width or other format characters, which a text encoder reads as an empty prompt."""
+    return isinstance(text, str) and any(not unicodedata.category(ch).startswith(("C", "Z")) for ch in text)
 
 
 def cut_words(tokenizer: Any, text: str) -> str | None:

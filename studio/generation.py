@@ -12,6 +12,7 @@ from pipelines.requests import MAX_SEED, ImageRequest, ImageResult
 
 from .forms import number, whole_number
 from .gallery import Gallery
+from pipelines.text_limits import has_visible_text
 
 MODEL_DEFAULT_SCHEDULER = "model default"
 
@@ -32,7 +33,7 @@ def build_request(prompt: Any, negative_prompt: Any, steps: Any, guidance: Any, 
                   height: Any, scheduler: Any, batch_size: Any, temperature: Any = 1.0, top_k: Any = 0) -> ImageRequest:
     """Form values -> a validated-type request (range checks happen in the pipeline). Temperature and
     top-k matter to token models only; the form sends 1 and 0 otherwise."""
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not has_visible_text(prompt):
         raise ValueError("Type a prompt first (for example: a red circle on a white background).")
     sched = None if scheduler in (None, "", MODEL_DEFAULT_SCHEDULER) else str(scheduler)
     return ImageRequest(

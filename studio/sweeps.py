@@ -18,6 +18,7 @@ from pipelines.schedulers import SCHEDULERS
 
 from .forms import number, whole_number
 from .gallery import Gallery
+from pipelines.text_limits import has_visible_text
 
 SWEEP_KIND = "guidance_sweep"
 SAMPLER_KIND = "sampler_grid"
@@ -67,7 +68,7 @@ class SweepSpec:
 
 
 def _prompt(prompt: Any) -> str:
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not has_visible_text(prompt):
         raise ValueError("Type a prompt first (for example: a red triangle on a white background).")
     return prompt
 

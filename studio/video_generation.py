@@ -19,6 +19,7 @@ from pipelines.video import VideoRequest, VideoResult
 from .forms import number, whole_number
 from .gallery import Gallery
 from .generation import resolve_seed
+from pipelines.text_limits import has_visible_text
 
 log = logging.getLogger(__name__)
 TRAJECTORY_TILE = 64  # px: side of one frame in the stored trajectory (the builtin's frames are 64 x 64)
@@ -29,7 +30,7 @@ def build_video_request(prompt: Any, negative_prompt: Any, frames: Any, fps: Any
                         seed: Any, scheduler: Optional[str] = None) -> VideoRequest:
     """Form values -> a request with typed values (range checks happen in the pipeline, against the model).
     ``scheduler``: the model's ``default_settings.json`` choice (None: the model's own scheduler)."""
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not has_visible_text(prompt):
         raise ValueError("Type a prompt first (for example: a red circle moving right).")
     return VideoRequest(
         prompt=prompt, negative_prompt=negative_prompt if isinstance(negative_prompt, str) else "",

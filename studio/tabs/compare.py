@@ -16,6 +16,7 @@ from ..generation import decode_trajectory, resolve_seed, save_result
 from ..services import Services
 from ..sweeps import grid_png
 from .studies import stream_cells
+from pipelines.text_limits import has_visible_text
 
 COMPARE_KIND = "family_comparison"
 FRAMES = 6  # trajectory columns: x0 estimates at 1/6 ... 6/6 of each run
@@ -73,7 +74,7 @@ def build_compare_section(services: Services, prompt: gr.Textbox, negative: gr.T
     def compare_fn(model_ids, nfe_v, prompt_v, negative_v, seed_v, request: gr.Request = None,
                    progress=gr.Progress()) -> Iterator[tuple]:
         try:
-            if not isinstance(prompt_v, str) or not prompt_v.strip():
+            if not has_visible_text(prompt_v):
                 raise ValueError("Type a prompt in the form above first.")
             if not model_ids:
                 raise ValueError("Tick at least one model to compare.")
