@@ -37,15 +37,17 @@ for k in range(start, int(sys.argv[2])):
 '''
 
 
-def check(root: Path) -> list[str]:
-    """Reopen as a restarted studio does; returns the saved prompts."""
+def check(root: Path, sweep_first: bool = True) -> list[str]:
+    """Reopen as a restarted studio does (``sweep_first``: run its startup sweep; False: a restarted studio has
+    already run it); returns the saved prompts."""
     with Gallery.open(root) as g:
         with g.engine.connect() as conn:
             assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        report = sweep(g)
-        assert not report.missing_media, report.summary()
-        assert sweep(g).clean  # a second sweep finds nothing: the first one reconciled everything
+        if sweep_first:
+            report = sweep(g)
+            assert not report.missing_media, report.summary()
+            assert sweep(g).clean  # a second sweep finds nothing: the first one reconciled everything
         with g.session() as s:
             rows = s.execute(text("SELECT prompt, media_path, thumb_path, trajectory_path FROM generations")).all()
         referenced = {p for r in rows for p in r[1:] if p}
@@ -103,3 +105,52 @@ def test_the_sweep_removes_only_what_the_gallery_left_and_reports_missing_files(
         assert not orphan.exists() and not temp.exists() and mine.exists()
         assert g.get(keep) is not None and g.get(gone) is not None  # rows are never dropped by the sweep
         assert g.store.exists(g.get(keep).media_path)
+
+
+def test_killing_the_studio_during_generations_then_restarting_keeps_the_gallery_whole(tiny_models_dir, tmp_path):
+    """The real studio process, SIGKILLed at random points while API clients generate; after each restart its
+    startup sweep has reconciled rows and files (and printed what it did)."""
+    import threading
+
+    from gradio_client import Client
+
+    from .conftest import StudioProcess
+
+    gallery_dir = tmp_path / "gallery"
+    rng = random.Random(11)
+    saved: set[str] = set()
+    kills = 0
+    for round_ in range(8):
+        studio = StudioProcess(tiny_models_dir, gallery_dir).start()
+        assert "gallery check:" in studio.read_log()
+        check(gallery_dir, sweep_first=False)  # the studio's own startup sweep already made rows and files agree
+        stop = threading.Event()
+
+        def generate() -> None:
+            client = Client(studio.url, verbose=False)
+            while not stop.is_set() and len(saved) < TOTAL:
+                prompt = f"killed studio {round_} {len(saved)} {rng.random():.6f}"
+                try:
+                    status = client.predict("local/tiny-sd", prompt, "", 2, 5.0, 1, 16, 16, "ddim", 1,
+                                            api_name="/generate")[0]
+                except Exception:
+                    return  # the studio died under us
+                if status.startswith("Done"):
+                    saved.add(prompt)
+
+        worker = threading.Thread(target=generate, daemon=True)
+        worker.start()
+        if round_ < 4:
+            time.sleep(rng.uniform(0.5, 3.0))
+            studio.proc.send_signal(signal.SIGKILL)
+            studio.proc.wait(timeout=30)
+            kills += 1
+        worker.join(timeout=300)
+        stop.set()
+        studio.stop()
+        prompts = check(gallery_dir)  # integrity ok, rows and files agree (after the sweep)
+        assert saved <= set(prompts), "a generation reported as saved was lost"
+        assert len(prompts) == len(set(prompts))
+        if len(saved) >= TOTAL and round_ >= 4:
+            break
+    assert kills == 4 and len(saved) >= TOTAL
