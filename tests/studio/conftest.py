@@ -61,3 +61,16 @@ def studio(tiny_models_dir, tmp_path_factory):
     proc = StudioProcess(tiny_models_dir, tmp_path_factory.mktemp("studio") / "gallery").start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server on loopback (Debian's binaries; .ci/run installs them)."""
+    from tests.postgres import PostgresServer
+
+    try:
+        server = PostgresServer().start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
