@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pipelines.registry import BUILTIN_MODELS_DIR
+from pipelines.training import common
 
 MODEL_DIR = BUILTIN_MODELS_DIR / "shapes-ldm"
 CLIP_DIR = BUILTIN_MODELS_DIR.parent / "clip" / "shapes-clip"
@@ -96,13 +97,7 @@ def assemble(vae_dir: Path = Path("runs/vae/out"), ldm_run_dir: Path = Path("run
 
         write_default_settings(tmp, default_guidance, default_steps, "dpmpp_2m",
                                note="chosen from the judge's guidance curve: python -m pipelines.evaluate shapes-ldm")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+    return common.swap_in(tmp, out)
 
 
 def _training_info(ldm_run_dir: Path) -> dict[str, Any]:

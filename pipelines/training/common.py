@@ -259,3 +259,19 @@ def init_from_export(model: Any, cls: Any, folder: Path, cfg: dict[str, Any], fl
     info = Path(folder) / "training.json"
     extra["init_from"] = ({k: v for k, v in json.loads(info.read_text()).items() if k not in omit}
                           if info.is_file() else str(folder))
+
+
+def swap_in(tmp: Path, out: Path) -> Path:
+    """Replace the folder ``out`` by the finished folder ``tmp`` (the old one moved aside first, then removed),
+    so readers see the old model or the new one, never half of either."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+

@@ -114,13 +114,7 @@ def export_pipeline(run_dir: Path, out: Path, base: Path = BASE_LDM, use_ema: bo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+    return common.swap_in(tmp, out)
 
 
 def cli(argv: Sequence[str] | None = None) -> Path:
