@@ -343,6 +343,14 @@ class Gallery(GroupsMixin):
             return f"its video file cannot be played: {exc}"
         return clip_error(path)
 
+    def image_error(self, gen_id: int) -> str | None:
+        """None when gallery item ``gen_id``'s picture decodes; else why it cannot be shown (missing, truncated)."""
+        try:
+            self.load_image(gen_id)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
     def load_image(self, gen_id: Any) -> Image.Image:
         """The RGB image of gallery item ``gen_id``; ValueError with a message for anything else."""
         try:

@@ -122,6 +122,8 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
             if problem is None:
                 sound = gr.Audio(visible=True, value=path)
             path = str(gallery.store.resolve(row.thumb_path)) if row.thumb_path else None
+        if row.media_type == "image":
+            problem = gallery.image_error(row.id)
         clip = gr.Video(visible=False, value=None)
         if row.media_type == "video":  # an MP4 plays in the player; an animated PNG (no ffmpeg) plays as the picture
             problem = gallery.video_error(row.id)

@@ -139,3 +139,54 @@ def test_search_filters_with_bad_values_say_so(client, field, value):
         assert str(exc).strip()
     else:
         assert info.strip()
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("bad-uploads")
+    (root / "notes.txt").write_text("not an image at all")
+    Image.new("RGB", (64, 64), "red").save(root / "whole.png")
+    (root / "truncated.png").write_bytes((root / "whole.png").read_bytes()[:60])
+    (root / "empty.png").write_bytes(b"")
+    (root / "pickle.png").write_bytes(b"\x80\x04\x95" + b"\x00" * 40)
+    return root
+
+
+@pytest.mark.parametrize("endpoint, make_args", [
+    ("/zero_shot", lambda f: ("builtin/shapes-clip", f, None, "red, blue", "a {} shape")),
+    ("/patches", lambda f: (f, None, "builtin/shapes-clip")),
+    ("/vq_encode", lambda f: (f, None, "builtin/shapes-vqgan (tokenizer)")),
+])
+@pytest.mark.parametrize("name", ["notes.txt", "truncated.png", "empty.png", "pickle.png"])
+def test_wrong_or_broken_uploads_get_a_message(client, studio, bad_files, endpoint, make_args, name):
+    from gradio_client import handle_file
+
+    with Gallery.open(studio.gallery_dir) as g:
+        before = g.count()
+    try:
+        result = client.predict(*make_args(handle_file(str(bad_files / name))), api_name=endpoint)
+    except Exception as exc:
+        assert str(exc).strip() and "Traceback" not in str(exc)
+    else:
+        texts = [t for t in _texts(result) if not t.startswith("/")]
+        assert any(mark in t for t in texts for mark in MESSAGE_MARKS), (endpoint, name, texts[:5])
+    with Gallery.open(studio.gallery_dir) as g:
+        assert g.count() == before and g.integrity_check() == "ok"
+
+
+def test_a_truncated_media_file_in_the_gallery_is_reported_when_opened(client, studio):
+    status, _p, _imgs, params, *_ = client.predict("local/tiny-sd", "a blue square for the truncation case", "", 2, 5.0, 9,
+                                                   16, 16, "ddim", 1, api_name="/generate")
+    gen_id = params["gallery_ids"][0]
+    with Gallery.open(studio.gallery_dir) as g:
+        path = g.store.resolve(g.get(gen_id).media_path)
+        before = g.count()
+    path.write_bytes(path.read_bytes()[:50])
+    result = client.predict(str(gen_id), api_name="/open_generation")
+    texts = [t for t in _texts(result) if not t.startswith("/")]
+    assert any(f"The file of gallery item #{gen_id} cannot be read" in t for t in texts), texts[:8]
+    with Gallery.open(studio.gallery_dir) as g:
+        assert g.count() == before and g.integrity_check() == "ok"
+        assert g.get(gen_id) is not None  # the row stays; its file is what is broken
