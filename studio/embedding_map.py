@@ -9,6 +9,7 @@ model, method, parameters and item set, so opening the same map again is instant
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ COLOUR_BY = ("family", "model", "guidance", "media type", "kind", "judged colour
              "prompt followed (judge)")
 JUDGED = {"judged colour": "colour", "judged shape": "shape"}
 EMBED_MAX_SIDE = 256  # images up to this size are embedded from the lossless file, larger ones from the thumbnail
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,11 +127,15 @@ class EmbeddingMapService:
 
     # -- embeddings --------------------------------------------------------------------------------
     def embed(self, embedder: es.ClipEmbedder, points: Sequence[MapPoint],
-              uploads: Optional[dict[str, Image.Image]] = None, progress: Optional[Progress] = None) -> tuple[np.ndarray, dict[str, int]]:
-        """(len(points), D) vectors; only items missing from the cache go through the towers."""
+              uploads: Optional[dict[str, Image.Image]] = None,
+              progress: Optional[Progress] = None) -> tuple[list[MapPoint], np.ndarray, dict[str, Any]]:
+        """(the points kept, their (n, D) vectors, stats); only items missing from the cache go through the towers.
+        An image whose file cannot be read (missing, truncated) is left out and counted in ``stats["unreadable"]``,
+        so one damaged file never stops the map."""
         uploads = uploads or {}
         vectors: dict[tuple[str, str], np.ndarray] = {}
-        stats = {"reused": 0, "embedded": 0}
+        stats: dict[str, Any] = {"reused": 0, "embedded": 0, "unreadable": 0}
+        bad: set[str] = set()
         for kind in ("image", "text"):
             keys = list(dict.fromkeys(p.key for p in points if p.cache_kind == kind))
             cached = self.cache.get(embedder.key, kind, keys)
@@ -147,16 +154,24 @@ class EmbeddingMapService:
             else:
                 where = {p.key: p for p in points if p.cache_kind == "image"}
                 for i in range(0, len(missing), 256):
-                    chunk = missing[i:i + 256]
-                    images = [uploads[k] if k in uploads else _load_rgb(where[k].path) for k in chunk]
-                    fresh.update(zip(chunk, embedder.embed_images(images)))
+                    loaded = []
+                    for k in missing[i:i + 256]:
+                        try:
+                            loaded.append((k, uploads[k] if k in uploads else _load_rgb(where[k].path)))
+                        except (OSError, ValueError) as exc:  # PIL raises OSError for truncated files
+                            log.warning("embedding map: leaving out %s (%s)", where[k].path, exc)
+                            bad.add(k)
+                    if loaded:
+                        fresh.update(zip([k for k, _ in loaded], embedder.embed_images([im for _, im in loaded])))
                     _report(progress, len(fresh) / len(missing), f"embedding {len(missing)} images")
             self.cache.put(embedder.key, kind, fresh)
             vectors.update({(kind, k): v for k, v in fresh.items()})
             stats["embedded"] += len(fresh)
-        if not points:
-            return np.zeros((0, embedder.dim), np.float32), stats
-        return np.stack([vectors[(p.cache_kind, p.key)] for p in points]), stats
+        kept = [p for p in points if not (p.cache_kind == "image" and p.key in bad)]
+        stats["unreadable"] = len(points) - len(kept)
+        if not kept:
+            return kept, np.zeros((0, embedder.dim), np.float32), stats
+        return kept, np.stack([vectors[(p.cache_kind, p.key)] for p in kept]), stats
 
     # -- maps ----------------------------------------------------------------------------------------
     def build_map(self, model_id: str, method: str = "umap", dims: int = 2, include_prompts: bool = True,
@@ -179,7 +194,9 @@ class EmbeddingMapService:
             raise ValueError("The map is empty: the gallery has no generations yet. Generate a few images "
                              "(Generate tab), or add texts or images below, then build the map.")
         uploads = {es.image_key(im): im for _, im in images}
-        vectors, stats = self.embed(embedder, points, uploads, progress)
+        points, vectors, stats = self.embed(embedder, points, uploads, progress)
+        if not points:
+            raise ValueError("No item of the map could be read: every image file is missing or damaged.")
         t_embed = time.perf_counter() - t0
         # Project each distinct item once (a prompt used by many rows is one point in the space).
         slots = {k: i for i, k in enumerate(dict.fromkeys((p.cache_kind, p.key) for p in points))}

@@ -131,6 +131,9 @@ def _stats_text(result: MapResult, notes: list[str]) -> str:
     text = (f"**{s['items']} points** ({s['distinct']} distinct items) · embedded now: {s['embedded']}, "
             f"from cache: {s['reused']} · map {'from cache' if s['projection_cached'] else 'computed'} · "
             f"{s['seconds']:.1f} s")
+    if s.get("unreadable"):
+        notes = [*notes, f"{s['unreadable']} gallery image(s) left out: their files are missing or damaged (the "
+                         "Gallery tab shows which)."]
     return text + "".join(f"\n\n⚠ {n}" for n in notes)
 
 
@@ -277,7 +280,7 @@ def build_embedding_map_tab(services: Services) -> EmbeddingMapTab:
         points = [p for p in service.gallery_points(include_prompts=False)]
         if not points:
             raise gr.Error("The gallery has no images to search.")
-        vectors, _ = service.embed(emb, points, progress=lambda f, d: progress(f, desc=d))
+        points, vectors, _ = service.embed(emb, points, progress=lambda f, d: progress(f, desc=d))
         query = emb.embed_images([gallery_image(gen_id)])[0]
         texts = emb.embed_texts([minus or "", plus or ""])
         hits = es.nearest(query - texts[0] + texts[1], vectors, k=9)

@@ -183,8 +183,12 @@ def test_a_truncated_media_file_in_the_gallery_is_reported_when_opened(client, s
     with Gallery.open(studio.gallery_dir) as g:
         path = g.store.resolve(g.get(gen_id).media_path)
         before = g.count()
-    path.write_bytes(path.read_bytes()[:50])
-    result = client.predict(str(gen_id), api_name="/open_generation")
+    whole = path.read_bytes()
+    path.write_bytes(whole[:50])
+    try:
+        result = client.predict(str(gen_id), api_name="/open_generation")
+    finally:
+        path.write_bytes(whole)  # the studio is shared with later tests
     texts = [t for t in _texts(result) if not t.startswith("/")]
     assert any(f"The file of gallery item #{gen_id} cannot be read" in t for t in texts), texts[:8]
     with Gallery.open(studio.gallery_dir) as g:

@@ -128,3 +128,15 @@ def test_the_same_map_again_is_served_from_memory_until_the_gallery_changes(serv
     service.gallery.save_image(Image.new("RGB", (64, 64), (40, 70, 220)), params={"prompt": "a blue square"}, fields={})
     more = service.build_map(es.BUILTIN_CLIP_ID, "pca")
     assert "a blue square" in {p.label for p in more.points} and more.stats["embedded"] >= 1
+
+
+def test_a_damaged_image_file_is_left_out_of_the_map_and_counted(service):
+    _fill(service.gallery, 6)
+    rows, _ = service.gallery.search(__import__("studio.gallery.query", fromlist=["GalleryQuery"]).GalleryQuery())
+    victim = rows[0]
+    path = service.gallery.store.resolve(victim.media_path)
+    path.write_bytes(path.read_bytes()[:50])  # truncated, as a crash or a bad disk leaves it
+    result = service.build_map(es.BUILTIN_CLIP_ID, "pca", include_prompts=False)
+    assert result.stats["unreadable"] == 1
+    assert victim.id not in {p.gen_id for p in result.points} and len(result.points) == 5
+    assert result.coords.shape == (5, 2) and np.isfinite(result.coords).all()
