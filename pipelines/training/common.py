@@ -168,6 +168,14 @@ def load_trained(model: torch.nn.Module, state: dict[str, Any], use_ema: bool = 
     return model
 
 
+def trained_model(model_cls: Any, run_dir: Path, config_key: str, use_ema: bool = True) -> tuple[Any, dict[str, Any]]:
+    """The network of ``<run-dir>/checkpoint.pt`` (built from the config stored under ``config_key``, its EMA
+    weights loaded unless ``use_ema`` is False) and the checkpoint's state."""
+    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model = model_cls(**json.loads(state["extra"][config_key]))
+    return load_trained(model, state, use_ema), state
+
+
 def write_training_info(out: Path, state: dict[str, Any], config_key: str, step_key: str = "step") -> None:
     """``<out>/training.json``: the exported checkpoint's step and its record (minus the network config)."""
     info = {step_key: int(state["step"]), **{k: v for k, v in state["extra"].items() if k != config_key}}

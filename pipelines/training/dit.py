@@ -101,9 +101,8 @@ def export_transformer(run_dir: Path, out: Path, use_ema: bool = True) -> Path:
     """Save the (EMA) transformer of ``<run-dir>/checkpoint.pt`` as a diffusers folder (+ training.json)."""
     from diffusers import DiTTransformer2DModel
 
-    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    model = DiTTransformer2DModel(**json.loads(state["extra"]["dit_config"]))
-    common.load_trained(model, state, use_ema).save_pretrained(out, safe_serialization=True)
+    model, state = common.trained_model(DiTTransformer2DModel, run_dir, "dit_config", use_ema)
+    model.save_pretrained(out, safe_serialization=True)
     common.write_training_info(out, state, "dit_config")
     return Path(out)
 

@@ -121,9 +121,8 @@ def export_pack(run_dir: Path, out: Path, vae_dir: Path, text: Path) -> Path:
     """The EMA transformer of ``<run-dir>/checkpoint.pt`` as a complete SD3 folder (+ training.json)."""
     from diffusers import SD3Transformer2DModel
 
-    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    model = SD3Transformer2DModel(**json.loads(state["extra"]["transformer_config"]))
-    build_pipeline(common.load_trained(model, state), vae_dir, text).save_pretrained(out, safe_serialization=True)
+    model, state = common.trained_model(SD3Transformer2DModel, run_dir, "transformer_config")
+    build_pipeline(model, vae_dir, text).save_pretrained(out, safe_serialization=True)
     common.write_training_info(out, state, "transformer_config")
     return Path(out)
 

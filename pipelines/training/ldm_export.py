@@ -24,9 +24,8 @@ def export_unet(run_dir: Path, out: Path, use_ema: bool = True) -> Path:
     """Save the (EMA) UNet of ``<run-dir>/checkpoint.pt`` as a diffusers folder."""
     from diffusers import UNet2DConditionModel
 
-    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    unet = UNet2DConditionModel(**json.loads(state["extra"]["unet_config"]))
-    common.load_trained(unet, state, use_ema).save_pretrained(out, safe_serialization=True)
+    unet, state = common.trained_model(UNet2DConditionModel, run_dir, "unet_config", use_ema)
+    unet.save_pretrained(out, safe_serialization=True)
     common.write_training_info(out, state, "unet_config")
     return Path(out)
 

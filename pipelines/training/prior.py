@@ -87,9 +87,7 @@ def export_pack(run_dir: Path, out: Path, vqgan_dir: Path, text: Path) -> Path:
 
     from pipelines.token_prior import TokenPriorTransformer, save_token_prior_folder
 
-    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    prior = TokenPriorTransformer(**json.loads(state["extra"]["prior_config"]))
-    common.load_trained(prior, state)
+    prior, state = common.trained_model(TokenPriorTransformer, run_dir, "prior_config")
     save_token_prior_folder(out, VQModel.from_pretrained(vqgan_dir, use_safetensors=True), prior,
                             CLIPTextModel.from_pretrained(text / "text_encoder", use_safetensors=True),
                             CLIPTokenizer.from_pretrained(text / "tokenizer"))

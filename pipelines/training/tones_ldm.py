@@ -258,9 +258,8 @@ def export_unet(run_dir: Path, out: Path) -> Path:
     """Save the EMA UNet of ``<run-dir>/checkpoint.pt`` as a diffusers folder."""
     from diffusers import UNet2DConditionModel
 
-    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    unet = UNet2DConditionModel(**json.loads(state["extra"]["unet_config"]))
-    common.load_trained(unet, state).save_pretrained(out, safe_serialization=True)
+    unet, state = common.trained_model(UNet2DConditionModel, run_dir, "unet_config")
+    unet.save_pretrained(out, safe_serialization=True)
     common.write_training_info(out, state, "unet_config")
     return out
 
