@@ -322,11 +322,14 @@ class TrainingManager:
         run_dir = self.run_dir(name)
         if target is None or not target.exports or st.alive or not (run_dir / "checkpoint.pt").is_file():
             return None
+        record = _read_json(run_dir / "export.json")
+        exported = (self.models_dir / record.get("folder", "-")).is_dir()
+        if exported and record.get("step") == st.step:  # the tab asks every poll: answer without the checkpoint
+            return None
         import torch
 
         step = int(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["step"])
-        record = _read_json(run_dir / "export.json")
-        if record.get("step") == step and (self.models_dir / record.get("folder", "-")).is_dir():
+        if exported and record.get("step") == step:
             return None
         from pipelines.training.ldm import export_pipeline
 

@@ -67,7 +67,7 @@ def test_bad_specs_and_names_get_clear_messages(mgr):
     assert mgr.runs() == []
 
 
-def test_a_run_trains_in_its_own_process_then_exports_a_listed_model_and_gallery_samples(mgr, tmp_path):
+def test_a_run_trains_in_its_own_process_then_exports_a_listed_model_and_gallery_samples(mgr, tmp_path, monkeypatch):
     name = mgr.start(tiny_spec("tiny", 4, every=2))
     with pytest.raises(TrainingError, match="exists already"):
         mgr.start(tiny_spec("tiny", 4))
@@ -80,6 +80,14 @@ def test_a_run_trains_in_its_own_process_then_exports_a_listed_model_and_gallery
     model_id = mgr.export(name)
     assert model_id == "local/tiny-step4"
     assert mgr.export(name) is None  # once per checkpoint
+    import torch
+
+    def no_load(*a, **k):
+        raise AssertionError("the checkpoint was read again")
+
+    monkeypatch.setattr(torch, "load", no_load)  # the tab asks every poll: no 100 MB read each time
+    assert mgr.export(name) is None
+    monkeypatch.undo()
     registry = ModelRegistry(builtin_dir=None, user_dir=tmp_path / "models")
     assert registry.get(model_id).pipeline_class == "StableDiffusionPipeline"
     assert mgr.state(name).exported == model_id
