@@ -6,7 +6,9 @@ machine load hits them alike, and prints medians and the ratios to raw diffusers
     python -m bench.overhead                      # builtin/shapes-ldm if present, else a tiny model
     python -m bench.overhead --model local/my-sd --models-dir models --rounds 15
 
-Goals (issue 2): <= 1.03 without trajectory capture, <= 1.10 with it.
+Goals (issue 2): <= 1.03 without trajectory capture, <= 1.10 with it. Issue 12: cross-attention recording
+off costs nothing (the "no capture" row is the off path: within 1.02 of raw diffusers); the recorded row
+shows what recording every step costs when it is on.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ def main() -> None:
 
     from diffusers import StableDiffusionPipeline
 
+    from pipelines.attention_maps import AttentionRecorder
     from pipelines.devices import resolve_device
     from pipelines.latent_diffusion import LatentDiffusion
     from pipelines.requests import ImageRequest
@@ -75,17 +78,18 @@ def main() -> None:
         raw(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, height=size, width=size,
             generator=torch.Generator("cpu").manual_seed(seed))
 
-    def run_studio(capture: bool, previews: bool):
+    def run_studio(capture: bool, previews: bool, attention: bool = False):
         on_step = (lambda e: studio.preview.decode(e.pred_x0[:1])) if previews else None
         studio.generate(ImageRequest(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
                                      seed=seed, scheduler=args.scheduler, capture_trajectory=capture),
-                        on_step=on_step)
+                        on_step=on_step, attention=AttentionRecorder() if attention else None)
 
     variants = {
         "raw diffusers": run_raw,
         "studio, no capture": lambda: run_studio(False, False),
         "studio, trajectory capture": lambda: run_studio(True, False),
         "studio, capture + x0 preview every step": lambda: run_studio(True, True),
+        "studio, cross-attention recorded": lambda: run_studio(False, False, attention=True),
     }
     for fn in variants.values():  # warm-up
         fn()

@@ -14,6 +14,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from .attention_maps import AttentionRecorder, readable_tokens, recording
 from .devices import DeviceSpec
 from .events import CancelFlag, StepCallback, StepEvent
 from .model_files import check_model_folder
@@ -163,8 +164,11 @@ class LatentDiffusion:
 
     @torch.no_grad()
     def generate(self, req: ImageRequest, on_step: Optional[StepCallback] = None,
-                 cancel: Optional[CancelFlag] = None) -> ImageResult:
-        """Run one request. Raises ``ValueError`` for bad parameters, ``GenerationCancelled``."""
+                 cancel: Optional[CancelFlag] = None, attention: Optional[AttentionRecorder] = None) -> ImageResult:
+        """Run one request. Raises ``ValueError`` for bad parameters, ``GenerationCancelled``.
+
+        ``attention``: record the UNet's cross-attention maps into this recorder (result.attention);
+        None (the default) installs nothing, so the run is exactly diffusers' own."""
         validate_image_request(req, self.size_multiple)
         pipe = self.pipe
         pipe.scheduler = self.scheduler_for(req.scheduler)
@@ -183,15 +187,19 @@ class LatentDiffusion:
         pipe._current_step = 0
         pipe._guided_steps = (None if req.guidance_interval is None
                               else guided_steps(req.guidance_interval, req.num_inference_steps))
+        callback = observer if attention is None else _advancing(observer, attention)
+        if attention is not None:
+            attention.num_images = req.num_images
         start = time.perf_counter()
         try:
-            out = pipe(
-                prompt=req.prompt, negative_prompt=req.negative_prompt or None,
-                num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale,
-                num_images_per_prompt=req.num_images,
-                height=height, width=width, latents=noise, generator=generators,
-                callback_on_step_end=observer, callback_on_step_end_tensor_inputs=tensor_inputs, **options,
-            )
+            with recording(pipe.unet, attention):
+                out = pipe(
+                    prompt=req.prompt, negative_prompt=req.negative_prompt or None,
+                    num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale,
+                    num_images_per_prompt=req.num_images,
+                    height=height, width=width, latents=noise, generator=generators,
+                    callback_on_step_end=callback, callback_on_step_end_tensor_inputs=tensor_inputs, **options,
+                )
         finally:
             pipe._guided_steps = None
         return ImageResult(
@@ -199,4 +207,14 @@ class LatentDiffusion:
             scheduler=req.scheduler or scheduler_name_of(pipe.scheduler), width=width, height=height,
             duration_s=time.perf_counter() - start, trajectory=observer.trajectory(),
             warnings=self.prompt_warnings(req),
+            attention=None if attention is None else attention.maps(shape[2:], *readable_tokens(pipe.tokenizer, req.prompt)),
         )
+
+
+def _advancing(observer: _StepObserver, recorder: AttentionRecorder):
+    """The step callback of a recorded run: the observer's work, then the recorder moves to the next step."""
+    def callback(pipe, i: int, t, kwargs: dict) -> dict:
+        out = observer(pipe, i, t, kwargs)
+        recorder.step_done(i)
+        return out
+    return callback

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+    from .attention_maps import AttentionMaps
     from PIL import Image
 
 MAX_STEPS = 1000
@@ -138,6 +139,7 @@ class ImageResult:
     trajectory: Optional[Trajectory] = None
     warnings: list[str] = field(default_factory=list)  # e.g. words cut from a long prompt
     extra: dict[str, Any] = field(default_factory=dict)  # what the family resolved (e.g. a DiT's class label)
+    attention: Optional["AttentionMaps"] = None  # cross-attention maps, when the run recorded them
 
     def params(self) -> dict[str, Any]:
         """The full recipe: request plus what the model resolved (size, scheduler, model)."""

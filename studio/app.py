@@ -9,6 +9,7 @@ from .tabs.audio import build_audio_tab
 from .tabs.embedding_map import HEAD as EMBEDDING_HEAD, build_embedding_map_tab
 from .tabs.generate import build_generate_tab
 from .tabs.guidance import build_guidance_tab
+from .tabs.inside import build_inside_tab
 from .tabs.tokenizer_viewer import build_tokenizer_viewer_tab
 from .tabs.train import build_train_tab
 from .tabs.video import build_video_tab
@@ -40,6 +41,8 @@ def build_app(services: Services) -> gr.Blocks:
                 audio = build_audio_tab(services)
             with gr.Tab("Video", id="video"):
                 video = build_video_tab(services)
+            with gr.Tab("Inside the Model", id="inside"):
+                recorded = build_inside_tab(services)
             with gr.Tab("Train", id="train"):
                 train = build_train_tab(services, generate)
             with gr.Tab("Gallery", id="gallery"):
@@ -51,7 +54,7 @@ def build_app(services: Services) -> gr.Blocks:
         choices_fn, choices_outputs = gallery["choices"]
         # After every finished generation and on every page load the gallery shows the newest items.
         for finished in [generate.finished, generate.compared, *guidance.finished, audio.finished,
-                         video.finished]:
+                         video.finished, recorded]:
             finished.then(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private",
                           concurrency_limit=None)
         demo.load(refresh_fn, refresh_inputs, refresh_outputs, api_visibility="private", concurrency_limit=None)

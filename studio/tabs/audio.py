@@ -25,11 +25,23 @@ from pipelines.worlds import tones
 
 from ..generation import resolve_seed
 from ..services import Services
+from .how import how_panel
 
 PICTURE_SIZE = (512, 128)  # time across, frequency up: one scale for every clip length
 NO_MODEL = ("No audio model is installed: put an AudioLDM folder (diffusers `AudioLDMPipeline` format, "
             "safetensors) under the models folder and reload. The builtin Tones model ships in "
             "assets/models/tones-ldm.")
+HOW = """The sound is made as a picture. A waveform w becomes a log-mel spectrogram (time across, frequency up):
+
+**M = log(max(Mel·|STFT(w)|, 10⁻⁵))**
+
+with Mel the mel filter bank (128 bands for the builtin tones-ldm). A VAE compresses M to a latent z, and a latent
+diffusion model denoises z from noise fixed by the **Seed**, over the **Steps**, conditioned on the **Prompt**
+through a CLAP text encoder; **Guidance** is the classifier-free scale w in ε̃ = ε_u + w·(ε_c − ε_u), with the
+**Negative prompt** feeding ε_u. **Duration** sets how many spectrogram frames z covers. The VAE decodes z to a
+spectrogram and a vocoder turns it back into sound: a HiFi-GAN in a real AudioLDM, Griffin-Lim phase recovery (no
+weights) in the builtin tones-ldm. The **Trajectory step** slider shows the spectrogram of the x0 estimate after
+that step and plays it through the same vocoder."""
 
 
 def audio_defaults(services: Services, model_id: Optional[str]) -> tuple[int, float]:
@@ -77,6 +89,7 @@ def build_audio_tab(services: Services) -> AudioTab:
     choices = [e.id for e in services.registry.entries(media="audio")]
     gr.Markdown("A waveform becomes a mel spectrogram (an image of frequency over time); a latent diffusion model "
                 "denoises it from noise, guided by the prompt, and a vocoder turns it back into sound.")
+    how_panel(HOW, "audio-how")
     if not choices:
         gr.Markdown(f"⚠ {NO_MODEL}", elem_id="audio-no-model")
     with gr.Row():

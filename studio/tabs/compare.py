@@ -15,6 +15,7 @@ from pipelines.registry import ModelLoadError
 from ..generation import decode_trajectory, resolve_seed, save_result
 from ..services import Services
 from ..sweeps import grid_png
+from .how import how_panel
 from .studies import stream_cells
 from pipelines.text_limits import has_visible_text
 
@@ -22,6 +23,18 @@ COMPARE_KIND = "family_comparison"
 FRAMES = 6  # trajectory columns: x0 estimates at 1/6 ... 6/6 of each run
 TABLE_COLUMNS = ["model_id", "family", "network_evaluations", "steps", "guidance_scale", "scheduler", "adherence",
                  "fidelity", "seconds"]
+HOW = """The families reach an image by different routes; the trajectory sheet shows each route's x0 estimate at the same
+fractions of its run. Latent diffusion and DiT both predict the noise ε; a DiT cuts the latent into p×p patches and
+runs transformer blocks over them, conditioned on a class label (a typed prompt is mapped to the nearest class
+name). A flow model (SD3 format) predicts a velocity v = ε − x₀ along the straight path x_t = (1−t)·x₀ + t·ε and
+integrates dx/dt = v_θ(x_t, t) from noise (t = 1) to data (t = 0) with Euler steps:
+
+**x_{t−Δt} = x_t − Δt·v_θ(x_t, t)**
+
+Each step is one network evaluation, so **Network evaluations** sets each diffusion or flow model's step count. A
+token model (VQGAN + prior) instead writes its grid of codebook ids one per evaluation, each drawn from
+softmax(logits / temperature), so its count is its grid size whatever the budget. Evaluations are counted with a
+hook on each network; adherence and fidelity in the table come from the Shapes judge."""
 
 
 def default_models(services: Services) -> list[str]:
@@ -59,6 +72,7 @@ def build_compare_section(services: Services, prompt: gr.Textbox, negative: gr.T
                     "*Network evaluations* sampler steps; a token model always writes its whole grid, one "
                     "evaluation per token. Evaluations are counted, not assumed. All results go to the gallery "
                     "as one group.")
+        how_panel(HOW, "compare-how")
         with gr.Row():
             models = gr.CheckboxGroup(choices, value=default_models(services), label="Models to compare",
                                       elem_id="compare-models", scale=3)

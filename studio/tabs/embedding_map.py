@@ -19,6 +19,7 @@ from pipelines import embedding_space as es
 
 from ..embedding_map import COLOUR_BY, EmbeddingMapService, MapResult, shared_service
 from ..services import Services
+from .how import how_panel
 
 METHOD_LABELS = {"UMAP": "umap", "t-SNE": "tsne", "PCA": "pca"}
 SYMBOLS = {"image": "circle", "prompt": "diamond", "text": "square", "upload": "star"}
@@ -26,6 +27,19 @@ SYMBOLS_3D = {"image": "circle", "prompt": "diamond", "text": "square", "upload"
 DEFAULT_LABELS = "red, orange, yellow, green, cyan, blue, purple, pink"
 MAX_UPLOADS = 64
 WEBGL_ABOVE = 5000
+HOW = """CLIP has an image tower and a text tower whose outputs are scaled to unit length, so the similarity of an image
+embedding I and a text embedding T is the cosine cos(I, T) = I·T. It was trained on batches of N matching (image,
+caption) pairs to minimise the symmetric contrastive (InfoNCE) loss
+
+**L = −(1/2N) Σᵢ [ log( exp(s·cos(Iᵢ, Tᵢ)) / Σⱼ exp(s·cos(Iᵢ, Tⱼ)) ) + log( exp(s·cos(Tᵢ, Iᵢ)) / Σⱼ exp(s·cos(Tᵢ, Iⱼ)) ) ]**
+
+where s = 1/τ is the learned logit scale (τ the temperature): each image must pick out its own caption among the
+batch's captions, and each caption its image, so matching pairs end up close (the builtin shapes-clip's trainer by default
+counts every caption in the batch that fits an image as a positive). **Build map** embeds every gallery image and, with **Prompts as
+points**, every prompt, plus what you add under *Add texts and images*; the **Projection** (UMAP, t-SNE with cosine
+distance, or PCA) flattens these unit vectors to the chosen **Dimensions**. Near on the map roughly means a high
+cosine, but the axes mean nothing and UMAP and t-SNE distort the distances between far clusters. The *Zero-shot
+classification* probe is one row of this loss: softmax over s·cos(image, text) for each label in the **Template**."""
 
 # Hover thumbnails and click-to-open for the plotly map (gr.Plot has no click event of its own): a
 # listener on each rendered plot shows the point's thumbnail beside the cursor and, on click, writes
@@ -164,6 +178,7 @@ def build_embedding_map_tab(services: Services) -> EmbeddingMapTab:
     gr.Markdown("Every image of the gallery (through CLIP's image tower) and every prompt (through its text tower) "
                 "in one space. Close points mean CLIP sees them as alike. Hover a point for its thumbnail; click an "
                 "image to open it in the Gallery (Recall works from there).")
+    how_panel(HOW, "embedding-how")
     with gr.Row():
         model = gr.Dropdown(choices, value=choices[0] if choices else None, label="CLIP model", scale=2)
         method = gr.Radio(list(METHOD_LABELS), value="UMAP", label="Projection", scale=2)

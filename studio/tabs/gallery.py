@@ -18,9 +18,21 @@ from ..sweeps import KINDS as SWEEP_KINDS
 from ..video_generation import sprite_row, wrap_strip
 from .generate import GenerateTab
 from .guidance import GuidanceTab
+from .how import how_panel
 
 PAGE_SIZE = 24
 ANY = ""
+HOW = """Every result is stored with its recipe: model, prompt, negative prompt, seed, steps, guidance, scheduler, size and
+the other exact parameters shown under *Parameters*, in the database and inside the file itself (a PNG text chunk,
+WAV or MP4 metadata; *Read the recipe out of a PNG file* reads it back). Every random number a run uses (the
+starting noise, the fresh noise an ancestral sampler adds, each token a token model draws) comes from a generator
+seeded with the seed; the starting noise is drawn on the CPU, so it is the same on every device:
+
+**x_T = randn(shape, generator = torch.Generator("cpu").manual_seed(seed))**
+
+So the same model, seed and parameters make the same image again (up to floating-point differences between
+devices and library versions). **↩ Recall into Generate** fills the Generate form with the selected item's recipe
+(batch size 1, that image's own seed); the **Trajectory step** slider replays its stored x_t and x0 estimates."""
 
 
 def make_query(text, model_id, family, media_type, g_min, g_max, date_from, date_to, favourites, page) -> GalleryQuery:
@@ -35,6 +47,7 @@ def make_query(text, model_id, family, media_type, g_min, g_max, date_from, date
 def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
                       guidance: GuidanceTab | None = None) -> dict[str, Any]:
     gallery = services.gallery
+    how_panel(HOW, "gallery-how")
     with gr.Row():
         search = gr.Textbox(label="Search prompts", scale=3, elem_id="gallery-search")
         model = gr.Dropdown([ANY], value=ANY, label="Model", scale=2, allow_custom_value=True)

@@ -20,6 +20,7 @@ from ..generation import (MODEL_DEFAULT_SCHEDULER, TrajectoryFrames, build_reque
                           save_result)
 from ..services import Services
 from .compare import build_compare_section
+from .how import how_panel
 
 log = logging.getLogger(__name__)
 PREVIEW_EVERY_S = 0.2  # decode a live preview at most this often (the run itself never waits)
@@ -31,6 +32,23 @@ EXAMPLE_PROMPTS = [
     "a purple star",  # a hold-out pair: never seen in training
     "a pink cross on the right",
 ]
+HOW = """Sampling runs the learned noising process backwards. The **Seed** (−1: a random one) fixes the starting
+noise x_T ~ N(0, I), drawn on the CPU so a seed gives the same start on every device (image i of a batch uses
+seed + i). Each of the **Steps** calls the network once for its noise prediction ε_θ(x_t, t, prompt); with
+**Guidance scale** w > 1 that is the guided ε̃ = ε_u + w·(ε_c − ε_u), the **Negative prompt** feeding ε_u (w ≤ 1
+runs the prompt branch alone). The **Scheduler** turns the prediction into the next, less noisy x_t; the form
+starts at the model's default_settings.json choice, else DPM-Solver++ 2M for latent diffusion and the folder's own
+sampler (*model default*) for the other families. From the same prediction the studio computes the clean-image
+estimate that the live preview and the *x0 estimate* pane show:
+
+**x̂₀ = (x_t − √(1−ᾱ_t)·ε_θ(x_t, t)) / √ᾱ_t**
+
+with ᾱ_t the scheduler's cumulative signal fraction at step t (a v-prediction model uses the same estimate in its
+own form). The trajectory's **Step** slider shows x_t and x̂₀ after every step. A flow model (SD3 format) instead
+integrates dx/dt = v_θ(x_t, t) from noise (t = 1) to data (t = 0) with Euler steps, x̂₀ = x_t − t·v; a token model
+(VQGAN + prior) writes one codebook id per network call, its **Temperature** dividing the logits and **Top-k**
+limiting the choice, and its Steps are checkpoints of the filling grid. *Compare families* below runs them side by
+side."""
 
 
 @dataclass
@@ -114,6 +132,7 @@ def build_generate_tab(services: Services) -> GenerateTab:
     defaults, problem = model_defaults(services, default_model)
     if problem:
         log.warning(problem)
+    how_panel(HOW, "generate-how")
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():

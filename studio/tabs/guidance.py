@@ -22,12 +22,27 @@ from ..sweeps import (KINDS, MODEL_DEFAULT, SAMPLER_KIND, SWEEP_KIND, build_swee
                       export_files, group_data, load_group, points_as_dicts, save_cell, start_group)
 from .cfg_view import build_decomposition
 from .generate import model_choices, model_defaults, scheduler_default
+from .how import how_panel
 from .sampler_view import build_sampler_comparison
 from .studies import (SWEEP_PLOTS, grid_items, load_guided_model, metric_plot, new_study, scorer, stream_cells,
                       sweep_plot_values)
 
 log = logging.getLogger(__name__)
 STATUS_EVERY_S = 0.25  # step-progress text at most this often (cells always update at once)
+HOW = """At every step the network runs twice on the same x_t: with the **Prompt** (ε_c) and with the **Negative prompt**
+or an empty one (ε_u). The scheduler receives their extrapolation
+
+**ε̃ = ε_u + w·(ε_c − ε_u)**
+
+so w = 1 is the plain conditional prediction and each unit of w adds one more step along the direction the prompt
+pulls in. Each number in **Guidance scales** is one w and one column of the grid; each of the **Seeds (rows)** is a
+row whose starting noise is the same in every column, so along a row only w changes. The curves plot, per w, means
+over the seeds: *Judge adherence* (share of the prompt's attributes the Shapes judge finds; Shapes-world prompts
+only), *CLIP score* (cosine of the prompt's and the image's mini-CLIP embeddings), *Diversity across seeds* (mean
+pairwise 1 − cos of the image embeddings) and *Colourfulness*. Under *Guidance options*, **Guidance rescale** φ
+scales ε̃ back toward the standard deviation of ε_c and mixes by φ, and **Guidance from / until** apply w only in
+that share of the steps (ε_c alone outside); each option runs as its own series. *CFG decomposition* shows ε_u,
+ε_c, w·(ε_c − ε_u) and ε̃ of one cell as pictures, step by step, with the x̂₀ each implies."""
 
 
 @dataclass
@@ -46,6 +61,7 @@ def build_guidance_tab(services: Services, tabs: gr.Tabs) -> GuidanceTab:
     gr.Markdown("Classifier-free guidance mixes two predictions of the same network at every step: "
                 "**ε̃ = ε_u + w · (ε_c − ε_u)**. Low w: diverse but off-prompt; moderate w: on-prompt; high w: "
                 "over-saturated and broken. Sweep w on your prompt and *measure* it.")
+    how_panel(HOW, "guidance-how")
     with gr.Row():
         model = gr.Dropdown(model_choices(services), value=default_model, label="Model", scale=2,
                             allow_custom_value=True, elem_id="guidance-model")

@@ -17,11 +17,12 @@ from PIL import Image, ImageDraw
 from pipelines import lab2d
 
 from ..services import Services
+from .how import how_panel
 
 STEP_CHOICES = (1, 2, 4, 8, 16, 50)
 PANEL = 240            # px per model panel in the animation
 MODEL_COLOURS = {"ddpm": (214, 39, 40), "flow": (31, 119, 180), "reflow": (44, 160, 44)}
-HOW = """**How this works.** Both models learn to turn Gaussian noise into the dataset. The **DDPM** learns to
+HOW = """Both models learn to turn Gaussian noise into the dataset. The **DDPM** learns to
 predict the noise ε in x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε and samples with deterministic DDIM steps; the **flow** model
 learns the velocity v = ε − x₀ along the straight line x_t = (1−t)·x₀ + t·ε and samples by Euler steps
 x_{t−Δt} = x_t − Δt·v_θ(x_t, t); **reflow** retrains the flow on its own (noise, sample) pairs so its paths
@@ -98,7 +99,7 @@ def summary(result: "lab2d.Comparison") -> str:
 
 
 def build_lab2d_section(services: Services) -> None:
-    gr.Markdown(HOW, elem_id="lab-how")
+    how_panel(HOW, "lab-how")
     with gr.Row():
         dataset = gr.Dropdown(list(lab2d.DATASETS), value="two_moons", label="Dataset", elem_id="lab-dataset")
         train_steps = gr.Number(lab2d.DEFAULT_TRAIN_STEPS, precision=0, label="Training steps per model",

@@ -18,12 +18,27 @@ from pipelines.families import TOKEN_FAMILIES
 
 from ..embedding_map import shared_service
 from ..services import Services
+from .how import how_panel
 
 BUILTIN_VQGAN = es.ASSETS / "tokenizers" / "shapes-vqgan"
 MINI_CLIP_ONLY = "mini-CLIP text tower only"
 MAX_TEXT = 20_000  # characters tokenized; longer input is cut first (and said)
 MAX_CUT_SHOWN = 200
 VIEW = 288  # pixels of the patch and token views
+HOW = """Models read ids, not letters or pixels. **Text**: each text encoder's tokenizer splits the **Prompt** into
+byte-pair (BPE) pieces (SentencePiece pieces for a T5 encoder), adds start and end tokens and pads or cuts to its
+context length (32 for the builtin mini-CLIP, 77 for Stable Diffusion's CLIP); struck-through pieces were cut and
+never reach the model. **Image patches**: a ViT cuts the image into a grid of p×p patches read in raster order after
+a class token (the builtin ModifiedResNet instead pools a 2×2 grid of its last feature map). **VQGAN codes**: the
+encoder turns each cell of a coarse grid into a vector z_e, and quantisation replaces it by the nearest of the
+codebook's vectors e_1 … e_K:
+
+**z_q = e_k,  k = argmin_j ‖z_e − e_j‖₂**
+
+The grid shows the ids k, and *Decoded from the ids* rebuilds the image from the e_k alone, so what it loses is what
+the codebook cannot say. *Edit tokens* sets a region (**Rows**, **Columns**) to one **Codebook id** or to another
+image's ids, and *Codebook usage* counts each k over the gallery. A token prior (the VQGAN + prior family in
+Generate) makes images by predicting these ids one at a time."""
 KIND_STYLE = {"start": "background:#d9f2d9;border-color:#3a3", "end": "background:#f9dcdc;border-color:#c33",
               "pad": "background:#eee;color:#888;border-color:#ccc"}
 
@@ -124,6 +139,7 @@ def build_tokenizer_viewer_tab(services: Services) -> dict[str, Any]:
     vq_choices.update({e.id: e.path / "vqvae" for e in services.registry.entries()
                        if e.family in TOKEN_FAMILIES and (e.path / "vqvae").is_dir()})
     gr.HTML(f"<style>{TOKEN_CSS}</style>", padding=False)
+    how_panel(HOW, "tokenizer-how")
 
     def gallery_image(gen_id) -> Image.Image:
         try:

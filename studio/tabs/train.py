@@ -18,12 +18,13 @@ import pandas as pd
 from ..services import Services
 from ..training import EXTRA_FLAGS, TARGETS, WORLDS, RunState, TrainingError, TrainSpec, parse_extra
 from .generate import GenerateTab, model_choices
+from .how import how_panel
 from .lab2d import build_lab2d_section
 
 log = logging.getLogger(__name__)
 POLL_S = 2.0
 MAX_PLOT_POINTS = 1000
-HOW = """**How this works.** A denoiser learns the DDPM objective: take a clean latent x₀, draw noise ε and a
+HOW = """A denoiser learns the DDPM objective: take a clean latent x₀, draw noise ε and a
 timestep t, make x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, and minimise **L = ‖ε − ε_θ(x_t, t, text)‖²**. The *loss* curve below
 is that L (Min-SNR weighted) per step; *caption dropout* trains the unconditional ε_θ(x_t, t, "") that
 classifier-free guidance needs; the *EMA* of the weights (decay per step) is what samples and exports."""
@@ -82,7 +83,7 @@ def build_train_tab(services: Services, generate: GenerateTab) -> dict[str, Any]
 
 def _build_image_training(services: Services, generate: GenerateTab) -> dict[str, Any]:
     mgr = services.training
-    gr.Markdown(HOW, elem_id="train-how")
+    how_panel(HOW, "train-how")
     with gr.Row():
         with gr.Column(scale=2):
             target = gr.Dropdown([(t.label, key) for key, t in TARGETS.items()], value="ldm-finetune",

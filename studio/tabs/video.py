@@ -24,6 +24,7 @@ from pipelines.video import MAX_FPS, VideoRequest
 
 from ..gallery.video_files import gif_bytes
 from ..services import Services
+from .how import how_panel
 from ..video_generation import (PreviewFiles, build_video_request, measure, measures_text, save_video_result,
                                 strip, trajectory_strips, wrap_strip)
 
@@ -36,6 +37,19 @@ NO_MODEL = ("No video model is installed: put a text-to-video folder (diffusers 
             "meets its quality bar (see the README).")
 EXAMPLES = ["a red circle moving right", "a blue square moving up on a white background",
             "a yellow star staying still", "a green triangle moving left on a black background"]
+HOW = """The model denoises all **Frames** of a clip as one latent of shape (channels, frames, h, w). Spatial layers work
+on each frame as an image model would; temporal layers (the temporal attention of AnimateDiff's motion modules,
+or ModelScope's temporal convolutions and attention) mix each position across the frames, which is what keeps the
+object the same and moving smoothly. **Steps**, **Guidance scale** (ε̃ = ε_u + w·(ε_c − ε_u)) and **Seed** act as
+in Generate, on all frames at once; **Frames per second** only sets the playback speed of the saved clip. After the
+run the tab measures temporal consistency on the decoded frames f_1 … f_F (pixels in 0..1):
+
+**C = mean_t mean_pixels (d_{t+1} − d_t)²,  d_t = f_{t+1} − f_t**
+
+that is, how much consecutive frame differences disagree: a shape gliding at constant speed scores near 0, flicker
+and jumps score high (lower is smoother; fewer than 3 frames score 0). The *ground truth* number beside it is the same
+measure on ground-truth clips of the prompt from the Motion world. The *Judge* line reads each frame's
+colour, shape and background and the direction of the object's centroid track."""
 
 
 @dataclass
@@ -75,6 +89,7 @@ def build_video_tab(services: Services) -> VideoTab:
     previews = PreviewFiles()
     gr.Markdown("A text-to-video model denoises all the frames of a clip together (temporal layers let the frames "
                 "see each other); the trajectory shows every frame's estimate of the clean clip at each step.")
+    how_panel(HOW, "video-how")
     if not choices:
         gr.Markdown(f"⚠ {NO_MODEL}", elem_id="video-no-model")
     with gr.Row():
