@@ -79,7 +79,7 @@ def main() -> None:
             generator=torch.Generator("cpu").manual_seed(seed))
 
     def run_studio(capture: bool, previews: bool, attention: bool = False):
-        on_step = (lambda e: studio.preview.decode(e.pred_x0[:1])) if previews else None
+        on_step = (lambda e: studio.preview.decode_live(e.pred_x0[:1])) if previews else None
         studio.generate(ImageRequest(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
                                      seed=seed, scheduler=args.scheduler, capture_trajectory=capture),
                         on_step=on_step, attention=AttentionRecorder() if attention else None)

@@ -1,8 +1,10 @@
 """Cheap pictures of latents for live previews and trajectory scrubbing.
 
-Small VAEs (like the builtin ones) decode previews exactly. Large VAEs (Stable Diffusion's
+Small VAEs (like the builtin ones) decode trajectory frames exactly. Large VAEs (Stable Diffusion's
 83M-parameter one) would make every step several times slower (AUTOMATIC1111's full-VAE
 previews cost 2-2.5x), so they use TAESD when it is on disk, or a linear latent-to-RGB map.
+Live previews during a run (:meth:`PreviewDecoder.decode_live`) use TAESD whenever the model has one,
+even beside a small VAE: the builtin shapes-ldm ships a distilled one (``pipelines.train taesd``).
 """
 from __future__ import annotations
 
@@ -36,32 +38,44 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 class PreviewDecoder:
     """Turns model-space latents (B, C, h, w) into small RGB previews."""
 
-    def __init__(self, vae, mode: str, taesd=None, max_side: int = 128):
+    def __init__(self, vae, mode: str, taesd=None, max_side: int = 128, live_taesd: bool = False):
         if mode not in ("vae", "taesd", "linear"):
             raise ValueError(f"unknown preview mode {mode!r}")
         self.vae, self.mode, self.taesd, self.max_side = vae, mode, taesd, max_side
+        self.live_mode = "taesd" if (live_taesd and taesd is not None) else mode
 
     @classmethod
     def for_vae(cls, vae, taesd_dir: Path | None = None, max_side: int = 128,
                 small_vae_params: int = SMALL_VAE_PARAMS) -> "PreviewDecoder":
         """Exact VAE previews for small VAEs; TAESD (diffusers AutoencoderTiny folder) or linear otherwise."""
         n_params = sum(p.numel() for p in vae.parameters())
-        if n_params <= small_vae_params:
-            return cls(vae, "vae", max_side=max_side)
+        taesd = None
         if taesd_dir is not None and (taesd_dir / "config.json").is_file():
             from diffusers import AutoencoderTiny
 
-            taesd = AutoencoderTiny.from_pretrained(taesd_dir, use_safetensors=True).eval()
-            return cls(vae, "taesd", taesd=taesd.to(vae.device, vae.dtype), max_side=max_side)
-        return cls(vae, "linear", max_side=max_side)
+            taesd = AutoencoderTiny.from_pretrained(taesd_dir, use_safetensors=True).eval().to(vae.device, vae.dtype)
+        if n_params <= small_vae_params:
+            return cls(vae, "vae", taesd=taesd, max_side=max_side, live_taesd=True)
+        return cls(vae, "taesd" if taesd is not None else "linear", taesd=taesd, max_side=max_side)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """Model-space latents (already multiplied by the VAE's scaling factor)."""
-        if self.mode == "vae":
+        """Model-space latents (already multiplied by the VAE's scaling factor), as trajectory frames."""
+        return self._decode(latents, self.mode)
+
+    @torch.no_grad()
+    def decode_live(self, latents: torch.Tensor) -> list[Image.Image]:
+        """A live preview during a run: TAESD whenever the model has one (a fraction of the VAE's time at
+        every step), else what :meth:`decode` does."""
+        if self.live_mode == self.mode:
+            return self.decode(latents)
+        return self._decode(latents, self.live_mode)
+
+    def _decode(self, latents: torch.Tensor, mode: str) -> list[Image.Image]:
+        if mode == "vae":
             scaled = latents.to(self.vae.device, self.vae.dtype) / self.vae.config.scaling_factor
             images = self.vae.decode(scaled, return_dict=False)[0]  # (B, 3, H, W)
-        elif self.mode == "taesd":
+        elif mode == "taesd":
             images = self.taesd.decode(latents.to(self.taesd.device, self.taesd.dtype), return_dict=False)[0]
         else:
             images = self._linear(latents)

@@ -31,6 +31,7 @@ TARGETS: dict[str, str] = {
     "tones_clap": "pipelines.training.tones_clap:main",
     "tones_ldm": "pipelines.training.tones_ldm:main",
     "motion": "pipelines.training.motion:main",
+    "taesd": "pipelines.training.taesd:main",
 }
 
 

@@ -294,7 +294,7 @@ def _run(services: Services, model_id: str, req, flag, progress, out: dict) -> I
             update = {out["status"]: f"{phase} {k} of {n}" + (" · decoding ..." if k == n else "")}
             now = time.perf_counter()
             if item.pred_x0 is not None and (now - last_preview >= PREVIEW_EVERY_S or k == n):
-                update[out["preview"]] = model.preview.decode(item.pred_x0[:1])[0]
+                update[out["preview"]] = model.preview.decode_live(item.pred_x0[:1])[0]
                 last_preview = now
             yield update
     except GenerationCancelled as exc:

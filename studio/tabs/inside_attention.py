@@ -142,6 +142,12 @@ def build_attention_section(services: Services) -> Any:
         """Moving the step slider shows that one step (and unticks the average)."""
         return (*render_maps(maps, image, res_label, False, step_v, bool(shared_v)), gr.Checkbox(value=False))
 
+    def on_model(model_id):
+        """A picked model brings its own default steps and guidance."""
+        defaults, _ = model_defaults(services, model_id)
+        return gr.Slider(value=defaults["num_inference_steps"]), gr.Slider(value=defaults["guidance_scale"])
+
+    model.input(on_model, model, [steps, guidance], queue=False, api_visibility="private")
     view = [maps_state, image_state, resolution, average, step, shared]
     for control in (resolution, average, shared):
         control.input(redraw, view, [heatmaps, caption], api_visibility="private", show_progress="hidden")

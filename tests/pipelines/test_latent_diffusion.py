@@ -151,6 +151,15 @@ def test_large_vae_previews_use_taesd_when_on_disk(tiny_sd, tmp_path):
     images = taesd.decode(torch.randn(2, 4, 8, 8))
     assert len(images) == 2 and images[0].size == (64, 64)
     assert PreviewDecoder.for_vae(tiny_sd.pipe.vae, None, small_vae_params=0).mode == "linear"
+    # A small VAE with a TAESD beside it: trajectory frames stay exact, live previews use TAESD.
+    both = PreviewDecoder.for_vae(tiny_sd.pipe.vae, found)
+    assert (both.mode, both.live_mode) == ("vae", "taesd")
+    latents = torch.randn(1, 4, 8, 8)
+    exact = np.asarray(both.decode(latents)[0])
+    assert exact.shape == (16, 16, 3)  # the tiny VAE's 2x
+    assert np.array_equal(exact, np.asarray(PreviewDecoder(tiny_sd.pipe.vae, "vae").decode(latents)[0]))
+    assert both.decode_live(latents)[0].size == (64, 64)  # TAESD's 8x
+    assert PreviewDecoder.for_vae(tiny_sd.pipe.vae, None).live_mode == "vae"  # no TAESD: live = exact
 
 
 def test_swapped_ddim_and_ddpm_do_not_clip_latents_unless_the_model_says_so():

@@ -64,3 +64,23 @@ def test_predict_x0_shows_the_estimate(studio, page):
                            timeout=90_000)
     assert page.locator("#forward-estimate img").count() == 1 and page.locator("#forward-true img").count() == 1
     assert "PSNR" in page.locator("#forward-error").inner_text()
+
+
+def test_cross_attention_maps_show_one_heatmap_per_token_and_follow_the_step_slider(studio, page):
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Inside the Model").click()
+    page.get_by_role("tab", name="Cross-attention maps").click()
+    model = page.locator("#attention-model input")
+    model.fill("local/tiny-sd")
+    model.press("Enter")
+    page.locator("#attention-prompt textarea").fill("a red circle in the top left")
+    page.click("#attention-run")
+    page.wait_for_function("document.querySelector('#attention-summary').innerText.includes('Saved as gallery item')",
+                           timeout=90_000)
+    assert page.locator("#attention-maps img").count() == 7  # a, red, circle, in, the, top, left
+    assert "averaged over all recorded steps" in page.locator("#attention-caption").inner_text()
+    page.locator("#attention-step input[type=range]").press("ArrowLeft")
+    page.wait_for_function("document.querySelector('#attention-caption').innerText.includes('step ')"
+                           " && !document.querySelector('#attention-caption').innerText.includes('averaged')",
+                           timeout=30_000)
+    page.screenshot(path=str(studio.gallery_dir.parent / "attention.png"), full_page=True)
