@@ -17,12 +17,14 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
-
-from pipelines.metrics import ClipScorer, colourfulness, diversity, shapes_adherence, shapes_fidelity
 from pipelines.requests import MAX_GUIDANCE, MAX_STEPS, ImageRequest
+
+if TYPE_CHECKING:  # torch and the metrics load where a sweep runs, so importing this module stays cheap
+    import torch
+
+    from pipelines.metrics import ClipScorer
 
 MAX_CELLS = 64
 DEFAULT_SCALES = (1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0)
@@ -158,8 +160,10 @@ class PlannedCell:
     request: ImageRequest
 
 
-def _run_plan(model: Any, plan: Sequence[PlannedCell], prompt: str, scorer: Optional[ClipScorer], cancel: Any,
+def run_plan(model: Any, plan: Sequence[PlannedCell], prompt: str, scorer: Optional[ClipScorer], cancel: Any,
               on_step: Optional[Callable[[int, Any], None]]) -> Iterator[SweepCell]:
+    from pipelines.metrics import colourfulness, shapes_adherence, shapes_fidelity
+
     text_embedding = scorer.text_embedding(prompt) if scorer is not None else None
     for index, planned in enumerate(plan):
         req = planned.request
@@ -202,7 +206,7 @@ def run_sweep(model: Any, prompt: str, scales: Sequence[float], seeds: Sequence[
     """Generate the grid row by row; yield each cell when done. ``on_step(cell_index, event)`` per step."""
     plan = sweep_plan(prompt, scales, seeds, negative_prompt=negative_prompt, steps=steps, scheduler=scheduler,
                       variants=variants)
-    yield from _run_plan(model, plan, prompt, scorer, cancel, on_step)
+    yield from run_plan(model, plan, prompt, scorer, cancel, on_step)
 
 
 def sampler_plan(prompt: str, seed: int, schedulers: Sequence[Optional[str]], step_counts: Sequence[int], *,
@@ -228,7 +232,7 @@ def run_sampler_grid(model: Any, prompt: str, seed: int, schedulers: Sequence[Op
     """The same prompt and seed across schedulers x step counts, with the sweep's metrics and timing."""
     plan = sampler_plan(prompt, seed, schedulers, step_counts, guidance_scale=guidance_scale,
                         negative_prompt=negative_prompt)
-    yield from _run_plan(model, plan, prompt, scorer, cancel, on_step)
+    yield from run_plan(model, plan, prompt, scorer, cancel, on_step)
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -238,6 +242,10 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
 
 def summarise(cells: Sequence[SweepCell]) -> list[ScalePoint]:
     """One :class:`ScalePoint` per (variant, scale), in the order they first appear."""
+    import torch
+
+    from pipelines.metrics import diversity
+
     points = []
     for variant, scale in dict.fromkeys((c.variant, c.scale) for c in cells):
         group = [c for c in cells if c.scale == scale and c.variant == variant]
@@ -272,6 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[ScalePoint]:
     from pipelines.default_settings import DefaultSettingsError, read_default_settings
     from pipelines.devices import resolve_device
     from pipelines.families import ModelCache
+    from pipelines.metrics import ClipScorer
     from pipelines.registry import ModelLoadError, ModelRegistry
 
     parser = argparse.ArgumentParser(
