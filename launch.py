@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab on start")
     parser.add_argument("--no-hf-cache", action="store_true",
                         help="do not list models found in the Hugging Face cache")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="do not load the default model and compile the Embedding Map's UMAP kernels in the "
+                             "background after start (each then happens on first use)")
     return parser.parse_args(argv)
 
 
@@ -112,15 +115,53 @@ def main(argv: list[str] | None = None) -> int:
     from studio.origin_guard import OriginGuard
 
     demo = build_app(services)
-    from pipelines.embedding_space import start_umap_warm_up
-
-    start_umap_warm_up()  # compiles UMAP's kernels (~50 s of one core, low priority) for the Embedding Map
     print(f"Studio: {len(services.registry.entries())} model(s), gallery {settings.gallery_dir.resolve()}")
     demo.launch(server_name=settings.host, server_port=settings.port, inbrowser=settings.open_browser,
                 allowed_paths=[str(Path(settings.gallery_dir).resolve() / "media")], show_error=True,
                 footer_links=["api", "settings"], css=CSS, head=HEAD, auth=auth,
-                app_kwargs={"middleware": [Middleware(OriginGuard)]})
+                app_kwargs={"middleware": [Middleware(OriginGuard)]}, prevent_thread_lock=True)
+    if not args.no_warm_up:
+        start_warm_up(services)  # after the server answers: the page never waits for it
+    demo.block_thread()  # until Ctrl+C, as launch() itself would
     return 0
+
+
+UMAP_AFTER_S = 30.0  # the UMAP warm-up waits this long after the model's: importing umap (numba, pynndescent) is
+# 1-2 s of pure-Python work that halves the speed of a Generate click running beside it (measured: bench.first_image)
+
+
+def warm_up(services) -> None:
+    """Background work after start, in this order: load the Generate tab's default model (so the first click
+    only samples; a click meanwhile waits for this load on the model cache's lock), then, UMAP_AFTER_S later and
+    not while a job runs, compile UMAP's kernels for the Embedding Map (~50 s of one core, at low priority).
+    Never stops the studio: a failure is printed."""
+    import time
+
+    from studio.services import warm_up_default_model
+
+    try:
+        seconds = warm_up_default_model(services)
+        if seconds is not None:
+            print(f"Warm-up: {services.default_model_id()} loaded in {seconds:.1f} s")
+    except Exception as exc:  # the studio works without it: the model then loads on first use
+        print(f"warm-up of the default model skipped: {exc}", file=sys.stderr)
+    time.sleep(UMAP_AFTER_S)
+    while services.jobs.running():  # a running generation keeps its speed
+        time.sleep(1.0)
+    from pipelines.embedding_space import warm_up_umap
+
+    try:
+        warm_up_umap()  # lowers this thread's priority first
+    except Exception as exc:
+        print(f"UMAP warm-up skipped: {exc}", file=sys.stderr)
+
+
+def start_warm_up(services):
+    import threading
+
+    thread = threading.Thread(target=warm_up, args=(services,), name="studio-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 if __name__ == "__main__":

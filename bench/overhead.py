@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from bench.report import emit
+
 
 def _pick_model(args):
     from pipelines.registry import ModelRegistry
@@ -107,6 +109,14 @@ def main() -> None:
     for name, values in times.items():
         med = statistics.median(values)
         print(f"{name:42s} {med:9.4f} {med / base:7.3f}")
+    ratio = {name: statistics.median(values) / base for name, values in times.items()}
+    emit("overhead", "studio / raw diffusers (no previews; attention recording off)", ratio["studio, no capture"],
+         "x", "<= 1.02 (issue 11: 1.03; issue 12: 2%)", ratio["studio, no capture"] <= 1.02)
+    emit("overhead", "trajectory capture / raw", ratio["studio, trajectory capture"], "x", "<= 1.03",
+         ratio["studio, trajectory capture"] <= 1.03)
+    emit("overhead", "x0 preview every step / raw", ratio["studio, capture + x0 preview every step"], "x",
+         "<= 1.10", ratio["studio, capture + x0 preview every step"] <= 1.10)
+    emit("overhead", "cross-attention recorded / raw", ratio["studio, cross-attention recorded"], "x")
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 from .default_settings import read_default_settings
 from .families import TOKEN_FAMILIES
-from .metrics import shapes_adherence, shapes_fidelity
 from .requests import ImageRequest
+
+if TYPE_CHECKING:  # torch and the metrics load where a comparison runs, so importing this module stays cheap
+    import torch
 
 MAX_NFE = 200
 
@@ -64,6 +64,8 @@ def parse_nfe(value: Any) -> int:
 
 def network_of(model: Any) -> torch.nn.Module:
     """The network whose calls are counted: a token model's prior, a diffusion model's denoiser."""
+    import torch
+
     prior = getattr(model, "prior", None)
     return prior if isinstance(prior, torch.nn.Module) else model.denoiser
 
@@ -104,6 +106,8 @@ def run_comparison(models: Sequence[tuple[str, Any, Path]], prompt: str, seed: i
 
     ``frames`` x0 estimates, evenly spaced over the run, are decoded for the side-by-side trajectories.
     """
+    from .metrics import shapes_adherence, shapes_fidelity
+
     for index, (model_id, model, folder) in enumerate(models):
         req = matched_request(model, folder, prompt, seed, nfe, negative_prompt)
         callback = (lambda event, i=index: on_step(i, event)) if on_step is not None else None

@@ -192,7 +192,7 @@ class LatentDiffusion:
             attention.num_images = req.num_images
         start = time.perf_counter()
         try:
-            with recording(pipe.unet, attention):
+            with recording(self.denoiser if attention is not None else None, attention):
                 out = pipe(
                     prompt=req.prompt, negative_prompt=req.negative_prompt or None,
                     num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale,

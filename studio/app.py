@@ -10,7 +10,6 @@ from .tabs.embedding_map import HEAD as EMBEDDING_HEAD, build_embedding_map_tab
 from .tabs.generate import build_generate_tab
 from .tabs.guidance import build_guidance_tab
 from .tabs.inside import build_inside_tab
-from .tabs.tokenizer_viewer import build_tokenizer_viewer_tab
 from .tabs.train import build_train_tab
 from .tabs.video import build_video_tab
 
@@ -25,6 +24,9 @@ HEAD = EMBEDDING_HEAD  # scripts for launch(head=...): the embedding map's hover
 
 
 def build_app(services: Services) -> gr.Blocks:
+    # Here, not at the top: the module's constants come from pipelines.embedding_space, which imports torch.
+    from .tabs.tokenizer_viewer import build_tokenizer_viewer_tab
+
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE}\nOffline-first diffusion studio · device: **{services.device.device}** "
                     f"({services.device.dtype_name}) · gallery: `{services.settings.gallery_dir}`")

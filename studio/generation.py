@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from PIL import Image
 
-from pipelines.previews import PreviewDecoder, make_sprite
 from pipelines.requests import MAX_SEED, ImageRequest, ImageResult
 
 from .forms import number, whole_number
 from .gallery import Gallery
 from pipelines.text_limits import has_visible_text
+
+if TYPE_CHECKING:  # pipelines.previews imports torch: only the functions that decode need it
+    from pipelines.previews import PreviewDecoder
 
 MODEL_DEFAULT_SCHEDULER = "model default"
 
@@ -55,6 +57,8 @@ class TrajectoryFrames:
     estimates: list[Image.Image]
 
     def sprite(self) -> Image.Image:
+        from pipelines.previews import make_sprite
+
         return make_sprite([self.noisy, self.estimates])
 
 

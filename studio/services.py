@@ -1,6 +1,8 @@
 """The services every tab receives: built once in ``launch.py``, never at import time."""
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from .jobs import JobRegistry
 from .settings import Settings
 from .training import TrainingManager
 
+log = logging.getLogger(__name__)
 DEFAULT_MODEL_ID = "builtin/shapes-ldm"
 
 
@@ -49,3 +52,26 @@ def build_services(settings: Settings) -> Services:
     return Services(settings=settings, device=device, registry=registry,
                     models=ModelCache(registry, device), gallery=gallery, jobs=JobRegistry(),
                     training=TrainingManager(settings.training_runs_dir, Path(settings.models_dir)))
+
+
+def warm_up_default_model(services: Services) -> float | None:
+    """Load the Generate tab's default model into the model cache ahead of the first click; the seconds it took
+    (None: no model, or it failed to load, which is logged and said again when the model is used).
+
+    ``launch.py`` runs this in a background thread once the server answers, so the page never waits for it. It
+    loads through :class:`~pipelines.families.ModelCache`, whose lock serialises loading: a click that comes
+    while it runs waits for this load instead of starting a second one. It runs no model: sampling only goes
+    through the device's one queue.
+    """
+    from pipelines.registry import ModelLoadError
+
+    model_id = services.default_model_id()
+    if model_id is None:
+        return None
+    started = time.perf_counter()
+    try:
+        services.models.get(model_id)
+    except ModelLoadError as exc:
+        log.warning("warm-up: %s", exc)
+        return None
+    return time.perf_counter() - started

@@ -9,17 +9,18 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
-
-from pipelines.video import VideoRequest, VideoResult
 
 from .forms import number, whole_number
 from .gallery import Gallery
 from .generation import resolve_seed
 from pipelines.text_limits import has_visible_text
+
+if TYPE_CHECKING:  # pipelines.video imports torch: loaded where a request is built (the Video tab's build)
+    from pipelines.video import VideoRequest, VideoResult
 
 log = logging.getLogger(__name__)
 TRAJECTORY_TILE = 64  # px: side of one frame in the stored trajectory (the builtin's frames are 64 x 64)
@@ -30,6 +31,8 @@ def build_video_request(prompt: Any, negative_prompt: Any, frames: Any, fps: Any
                         seed: Any, scheduler: Optional[str] = None) -> VideoRequest:
     """Form values -> a request with typed values (range checks happen in the pipeline, against the model).
     ``scheduler``: the model's ``default_settings.json`` choice (None: the model's own scheduler)."""
+    from pipelines.video import VideoRequest
+
     if not has_visible_text(prompt):
         raise ValueError("Type a prompt first (for example: a red circle moving right).")
     return VideoRequest(

@@ -126,8 +126,17 @@ def main(args: argparse.Namespace) -> Path:
     ckpt = common.Checkpointer(args.run_dir, args.checkpoint_every)
     state = ckpt.load(student, opt) if args.resume else None
     step = state["step"] if state else 0
-    print(f"encoding and decoding {args.pool} renders with the teacher ...", flush=True)
-    pool = build_pool(teacher, args.pool, args.seed, args.noise_max)
+    from pipelines.training.latents import file_hash
+
+    key = f"{file_hash(Path(args.teacher))[:12]}-{args.pool}-{args.seed}-{args.noise_max:g}"
+    pool_file = Path(args.run_dir) / f"pool-{key}.pt"  # renders, latents and teacher decodes, reused on resume
+    if pool_file.is_file():
+        pool = torch.load(pool_file, weights_only=True)
+    else:
+        print(f"encoding and decoding {args.pool} renders with the teacher ...", flush=True)
+        pool = build_pool(teacher, args.pool, args.seed, args.noise_max)
+        Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+        torch.save(pool, pool_file)
     log = common.LossLog(Path(args.run_dir) / "loss.jsonl", resume_step=step if state else None)
     stop = min(args.steps, args.stop_at or args.steps)
     bar = common.progress(stop, step, "taesd")

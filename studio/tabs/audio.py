@@ -14,12 +14,9 @@ from typing import Any, Optional
 
 import gradio as gr
 import numpy as np
-import torch
 from PIL import Image
 
 from pipelines import audio as au
-from pipelines.audio_ldm import MAX_DURATION, AudioRequest, validate_audio_request
-from pipelines.previews import make_sprite
 from pipelines.registry import ModelLoadError
 from pipelines.worlds import tones
 
@@ -47,6 +44,7 @@ that step and plays it through the same vocoder."""
 def audio_defaults(services: Services, model_id: Optional[str]) -> tuple[int, float]:
     """(steps, guidance) the form starts from: the model's ``default_settings.json`` when it has one, else
     AudioLDM's usual values (those of :class:`AudioRequest`)."""
+    from pipelines.audio_ldm import AudioRequest
     from pipelines.default_settings import FILENAME, DefaultSettingsError, read_default_settings
 
     usual = AudioRequest(prompt="")
@@ -86,6 +84,10 @@ def judge_note(prompt: str, samples: np.ndarray, sample_rate: int) -> str:
 
 
 def build_audio_tab(services: Services) -> AudioTab:
+    # Here, not at the top: pipelines.audio_ldm imports torch and diffusers (the form's limits and defaults are
+    # its request's; building the app needs them, `import studio.app` does not).
+    from pipelines.audio_ldm import MAX_DURATION, AudioRequest, validate_audio_request
+
     choices = [e.id for e in services.registry.entries(media="audio")]
     gr.Markdown("A waveform becomes a mel spectrogram (an image of frequency over time); a latent diffusion model "
                 "denoises it from noise, guided by the prompt, and a vocoder turns it back into sound.")
@@ -115,6 +117,8 @@ def build_audio_tab(services: Services) -> AudioTab:
     trajectory = gr.State(None)
 
     def generate(model_id, text, neg, seconds, n_steps, g, seed_value, progress=gr.Progress()):
+        from pipelines.previews import make_sprite
+
         if not model_id:
             raise gr.Error(NO_MODEL)
         try:
@@ -150,6 +154,8 @@ def build_audio_tab(services: Services) -> AudioTab:
                          [status, player, picture, step, step_picture, trajectory], api_name="generate_audio")
 
     def show_step(state, k):
+        import torch
+
         if not state:
             return None, None
         k = min(max(int(k), 1), len(state["pictures"])) - 1

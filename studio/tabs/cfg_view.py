@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.cfg_decomposition import decompose
 from pipelines.requests import ImageRequest
 
 from ..services import Services
@@ -50,6 +49,8 @@ def build_decomposition(services: Services, form: list, concurrency: dict) -> tu
 
     def decompose_fn(model_id, prompt_v, negative_v, steps_v, sched_v, rescale_v, lo_v, hi_v, _plain_v, seed_v,
                      scale_v):
+        from pipelines.cfg_decomposition import decompose  # imports torch: loaded on the first Decompose
+
         try:
             spec = build_sweep_spec(model_id, prompt_v, negative_v, str(scale_v), str(int(seed_v or 0)), steps_v,
                                     sched_v, rescale_v, lo_v, hi_v, False)

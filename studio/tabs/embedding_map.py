@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from pipelines import embedding_space as es
-
-from ..embedding_map import COLOUR_BY, EmbeddingMapService, MapResult, shared_service
 from ..services import Services
 from .how import how_panel
+
+if TYPE_CHECKING:  # pipelines.embedding_space imports torch: the tab loads it when it is built
+    from ..embedding_map import EmbeddingMapService, MapResult
 
 METHOD_LABELS = {"UMAP": "umap", "t-SNE": "tsne", "PCA": "pca"}
 SYMBOLS = {"image": "circle", "prompt": "diamond", "text": "square", "upload": "star"}
@@ -173,6 +173,10 @@ def _read_images(files: Optional[list]) -> tuple[list[tuple[str, Image.Image]], 
 
 
 def build_embedding_map_tab(services: Services) -> EmbeddingMapTab:
+    from pipelines import embedding_space as es
+
+    from ..embedding_map import COLOUR_BY, shared_service
+
     service = shared_service(services.gallery, Path(services.settings.models_dir), services.device.device)
     choices = service.choices()
     gr.Markdown("Every image of the gallery (through CLIP's image tower) and every prompt (through its text tower) "

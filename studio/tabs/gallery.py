@@ -8,8 +8,6 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from pipelines.previews import sprite_frame
-
 from ..forms import optional_date, optional_number
 from ..gallery import GalleryQuery, read_png_params
 from ..generation import recall_values
@@ -245,6 +243,8 @@ def build_gallery_tab(services: Services, generate: GenerateTab, tabs: gr.Tabs,
 
 def _trajectory(gallery, row, step: int) -> tuple[Image.Image | None, Image.Image | None, int]:
     """(x_t, x0 estimate, steps) at ``step``; a clip's trajectory is one strip of all frames' x0 per step."""
+    from pipelines.previews import sprite_frame  # here, not at the top: pipelines.previews imports torch
+
     if not row.trajectory_path or row.trajectory_frames < 1:
         return None, None, 0
     n = row.trajectory_frames

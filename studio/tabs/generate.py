@@ -282,20 +282,22 @@ def _run(services: Services, model_id: str, req, flag, progress, out: dict) -> I
     progress(0, desc="Encoding prompt")
     yield {out["status"]: "Encoding prompt ...", out["preview"]: None}
     run = lambda on_step: model.generate(req, on_step=on_step, cancel=flag)  # noqa: E731
-    last_preview, result = 0.0, None
+    last_update, result = 0.0, None
     try:
         for item in iterate_steps(run, flag):
             if isinstance(item, Finished):
                 result = item.result
                 break
             k, n = item.step + 1, item.num_steps
+            now = time.perf_counter()
+            if now - last_update < PREVIEW_EVERY_S and k < n:
+                continue  # one page update per PREVIEW_EVERY_S: each costs a render in the browser
+            last_update = now
             phase = "Writing tokens: checkpoint" if model.family in TOKEN_FAMILIES else "Denoising: step"
             progress((k, n), desc=f"{phase} {k}/{n}")
             update = {out["status"]: f"{phase} {k} of {n}" + (" · decoding ..." if k == n else "")}
-            now = time.perf_counter()
-            if item.pred_x0 is not None and (now - last_preview >= PREVIEW_EVERY_S or k == n):
+            if item.pred_x0 is not None:
                 update[out["preview"]] = model.preview.decode_live(item.pred_x0[:1])[0]
-                last_preview = now
             yield update
     except GenerationCancelled as exc:
         yield {out["status"]: f"Cancelled after {exc.completed_steps} of {req.num_inference_steps} steps; "
@@ -306,7 +308,8 @@ def _run(services: Services, model_id: str, req, flag, progress, out: dict) -> I
     for warning in result.warnings:
         gr.Warning(warning)
     progress(1.0, desc="Saving")
-    yield {out["status"]: "Saving to the gallery ..."}
+    # The images show now; decoding the trajectory (two VAE decodes per step) and saving come after.
+    yield {out["status"]: "Saving to the gallery ...", out["results"]: result.images}
     frames = [decode_trajectory(model.preview, result, i) for i in range(len(result.images))]
     ids = save_result(services.gallery, result, frames)
     noisy, x0, caption = _show_step(frames if frames[0] else None, 1, len(frames[0].noisy) if frames[0] else 1)

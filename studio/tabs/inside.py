@@ -8,13 +8,17 @@ from __future__ import annotations
 import gradio as gr
 
 from ..services import Services
-from .inside_attention import build_attention_section
-from .inside_forward import build_forward_section
-from .inside_latent import build_latent_section
 
 
 def build_inside_tab(services: Services):
     """Build the tab; returns the event that fires after a recorded generation was saved to the gallery."""
+    # Imported here, not at the top, so that `import studio.app` stays free of torch and diffusers: the sections'
+    # modules import them (pipelines.attention_maps, latent_view, forward_process), and the forward-process
+    # section computes its first x_t and schedule plot with them while it is built.
+    from .inside_attention import build_attention_section
+    from .inside_forward import build_forward_section
+    from .inside_latent import build_latent_section
+
     with gr.Tabs():
         with gr.Tab("Forward process", id="inside-forward"):
             build_forward_section(services)

@@ -7,17 +7,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import gradio as gr
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from pipelines import lab2d
-
 from ..services import Services
 from .how import how_panel
+
+if TYPE_CHECKING:  # pipelines.lab2d imports torch: the section loads it when it is built
+    from pipelines import lab2d
 
 STEP_CHOICES = (1, 2, 4, 8, 16, 50)
 PANEL = 240            # px per model panel in the animation
@@ -99,6 +100,8 @@ def summary(result: "lab2d.Comparison") -> str:
 
 
 def build_lab2d_section(services: Services) -> None:
+    from pipelines import lab2d
+
     how_panel(HOW, "lab-how")
     with gr.Row():
         dataset = gr.Dropdown(list(lab2d.DATASETS), value="two_moons", label="Dataset", elem_id="lab-dataset")

@@ -5,18 +5,20 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import gradio as gr
 import pandas as pd
 
-from pipelines.metrics import BUILTIN_CLIP_DIR, ClipScorer
 from pipelines.model_files import guidance_note
 from pipelines.registry import ModelLoadError
 from pipelines.streaming import Finished, iterate_steps
 
 from ..services import Services
 from ..sweeps import METRIC_TITLES, adherence_frame, cell_caption, metric_frame, sampler_points
+
+if TYPE_CHECKING:  # pipelines.metrics imports torch: loaded with the scorer, on a study's first run
+    from pipelines.metrics import ClipScorer
 
 log = logging.getLogger(__name__)
 SWEEP_PLOTS = ("adherence", "clip_score", "diversity", "colourfulness")
@@ -26,6 +28,8 @@ _scorer_lock = threading.Lock()
 
 @functools.lru_cache(maxsize=1)
 def _builtin_scorer() -> Optional[ClipScorer]:
+    from pipelines.metrics import BUILTIN_CLIP_DIR, ClipScorer
+
     if not (BUILTIN_CLIP_DIR / "open_clip_config.json").is_file():
         log.warning("No builtin CLIP at %s: sweeps run without CLIP score and diversity", BUILTIN_CLIP_DIR)
         return None

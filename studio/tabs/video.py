@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import gradio as gr
 
@@ -20,13 +20,15 @@ from pipelines.default_settings import DefaultSettingsError, read_default_settin
 from pipelines.events import GenerationCancelled
 from pipelines.registry import ModelLoadError
 from pipelines.streaming import Finished, iterate_steps
-from pipelines.video import MAX_FPS, VideoRequest
 
 from ..gallery.video_files import gif_bytes
 from ..services import Services
 from .how import how_panel
 from ..video_generation import (PreviewFiles, build_video_request, measure, measures_text, save_video_result,
                                 strip, trajectory_strips, wrap_strip)
+
+if TYPE_CHECKING:  # pipelines.video imports torch: the tab loads it when it is built
+    from pipelines.video import VideoRequest
 
 log = logging.getLogger(__name__)
 PREVIEW_EVERY_S = 0.5  # write a live animated preview at most this often (the run never waits for it)
@@ -61,6 +63,8 @@ def video_defaults(services: Services, model_id: Optional[str]) -> tuple[dict[st
     """(frames, fps, steps and guidance the form starts from and the scheduler runs use, a message when the model's
     defaults file is broken): the model's ``default_settings.json`` values where it sets them, else
     :class:`VideoRequest`'s (scheduler None: the model's own)."""
+    from pipelines.video import VideoRequest
+
     usual = VideoRequest(prompt="")
     out = {"num_frames": usual.num_frames, "fps": usual.fps, "num_inference_steps": usual.num_inference_steps,
            "guidance_scale": usual.guidance_scale, "scheduler": usual.scheduler}
@@ -82,6 +86,8 @@ def _scale(side: int) -> int:
 
 
 def build_video_tab(services: Services) -> VideoTab:
+    from pipelines.video import MAX_FPS  # the form's limit (pipelines.video imports torch)
+
     choices = [e.id for e in services.registry.entries(media="video")]
     start, problem = video_defaults(services, choices[0] if choices else None)
     if problem:

@@ -74,6 +74,17 @@ def test_vae_psnr_on_held_out_renders():
     assert psnr(vae, render_renders(EVAL_SEED, 64, holdout="include")) >= 30.0
 
 
+def test_shipped_taesd_previews_match_the_vae_and_live_previews_use_it(shapes_ldm):
+    """The distilled preview decoder (``python -m pipelines.train taesd``) reproduces the VAE's decode of held-out
+    latents within 28 dB; trajectory frames stay exact (the VAE), live previews use TAESD."""
+    from pipelines.training.taesd import evaluate
+
+    preview = shapes_ldm.preview
+    assert (preview.mode, preview.live_mode) == ("vae", "taesd")
+    torch.set_num_threads(2)
+    assert evaluate(preview.taesd, shapes_ldm.pipe.vae, n=64)["decoder_psnr_db"] >= 28.0
+
+
 def test_text_encoder_is_the_shipped_mini_clip_text_tower():
     """The UNet is conditioned on the shipped shapes-clip's text tower: same per-token states."""
     from transformers import CLIPTextModel, CLIPTokenizer
