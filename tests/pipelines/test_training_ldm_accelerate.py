@@ -7,9 +7,7 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,8 @@ import torch
 from pipelines.train import main as train_main
 from pipelines.training import accel, common, latents as lat
 from pipelines.training.ldm import BASE_LDM
+from tests.accelerate_launch import accelerate_launch
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = 24
 
 
@@ -53,27 +51,10 @@ def one_process(pool, tmp_path_factory) -> Path:
     return run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(run: Path, pool: Path, *extra: str, processes: int = 2) -> subprocess.CompletedProcess:
-    """``accelerate launch`` with every setting passed (its own config file: no ``accelerate config`` and no
-    user default config), offline. ``--multi_gpu`` starts the processes through torchrun; with ``--device cpu``
-    they are CPU ranks over gloo (``--cpu --num_processes N`` would start one process unless MPI is set up)."""
-    config = run.parent / f"{run.name}-accelerate.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 1\n"
-                      f"num_processes: {processes}\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: false\n"
-                      "dynamo_config: {}\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--multi_gpu",
-           "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "pipelines.train", *_args(run, pool, "--device", "cpu", *extra)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    """``accelerate launch`` of the trainer on CPU ranks (see tests/accelerate_launch.py)."""
+    proc = accelerate_launch(run.parent / f"{run.name}-accelerate.yaml", "pipelines.train",
+                             *_args(run, pool, "--device", "cpu", *extra), processes=processes)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 

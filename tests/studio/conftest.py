@@ -1,5 +1,6 @@
 """A real studio process on a free port, serving the tiny models (for API and browser tests)."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,3 +75,35 @@ def postgres():
         pytest.fail(str(exc))
     yield server
     server.stop()
+
+
+CHROMIUM = shutil.which("chromium")
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run"]
+
+
+@pytest.fixture()
+def page():
+    """A page in Debian's Chromium driven by Playwright (never ``playwright install``)."""
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_services(tiny_models_dir, tmp_path_factory):
+    """The studio's services over the tiny models (no builtin models), with a gallery of their own per module."""
+    from studio.services import build_services
+    from studio.settings import Settings
+
+    tmp = tmp_path_factory.mktemp("services")
+    built = build_services(Settings(models_dir=tiny_models_dir, gallery_dir=tmp / "gallery",
+                                    builtin_models_dir=tmp / "no-builtin", use_hf_cache=False, device="cpu"))
+    yield built
+    built.close()

@@ -2,23 +2,21 @@
 Guidance Explorer reopens, with the same pixels as one process; prompt batches; bad input saves nothing."""
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.accelerate_launch import accelerate_launch
+
 from pipelines.tiny import build_tiny_sd
 from studio import batch
 from studio.gallery import Gallery
 from studio.sweeps import SWEEP_KIND, load_group
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a red circle on a white background"
 SWEEP = ["--model", "local/tiny-sd", "--prompt", PROMPT, "--scales", "1,3", "--seeds", "0,1", "--steps", "2",
          "--scheduler", "ddim", "--device", "cpu", "--no-hf-cache"]
@@ -61,25 +59,9 @@ def one_process(models, tmp_path_factory):
     return gallery_dir
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(tmp: Path, *argv: str, processes: int = 2) -> subprocess.CompletedProcess:
-    """``accelerate launch`` with every setting passed (own config file, offline), as the trainer's accelerate test
-    does: ``--multi_gpu`` starts the ranks through torchrun, ``--device cpu`` makes them CPU ranks over gloo."""
-    config = tmp / "accelerate.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 1\n"
-                      f"num_processes: {processes}\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: false\n"
-                      "dynamo_config: {}\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--multi_gpu",
-           "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "studio.batch", *argv]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    """``accelerate launch`` of ``studio.batch`` on CPU ranks (see tests/accelerate_launch.py)."""
+    return accelerate_launch(tmp / "accelerate.yaml", "studio.batch", *argv, processes=processes)
 
 
 def test_two_cpu_processes_merge_into_one_sweep_group(models, one_process, tmp_path):

@@ -1,27 +1,8 @@
 """Inside the Model in real Chromium: the forward-process slider changes x_t; the one-step x0 estimate appears."""
-import shutil
-
 import pytest
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = shutil.which("chromium")
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--no-first-run"]
 XT_SRC = "document.querySelector('#forward-xt img') && document.querySelector('#forward-xt img').src"
-
-
-@pytest.fixture()
-def page():
-    if CHROMIUM is None:
-        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        yield page
-        browser.close()
 
 
 def _open_forward_section(page, url):

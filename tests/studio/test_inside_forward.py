@@ -8,19 +8,13 @@ from PIL import Image
 
 import gradio as gr
 from pipelines import forward_process as fp
-from studio.services import build_services
-from studio.settings import Settings
 from studio.tabs.inside_forward import (Prepared, noise_view, predict, predictable_models, prepare,
                                         schedule_figure)
 
 
 @pytest.fixture(scope="module")
-def services(tiny_models_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("forward")
-    built = build_services(Settings(models_dir=tiny_models_dir, gallery_dir=tmp / "gallery",
-                                    builtin_models_dir=tmp / "no-builtin", use_hf_cache=False, device="cpu"))
-    yield built
-    built.close()
+def services(tiny_services):
+    return tiny_services
 
 
 def test_the_slider_view_is_the_schedulers_add_noise(services):

@@ -5,18 +5,12 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from studio.services import build_services
-from studio.settings import Settings
 from studio.tabs.inside_latent import compress, summary_markdown, view_outputs
 
 
 @pytest.fixture(scope="module")
-def services(tiny_models_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("latent")
-    built = build_services(Settings(models_dir=tiny_models_dir, gallery_dir=tmp / "gallery",
-                                    builtin_models_dir=tmp / "no-builtin", use_hf_cache=False, device="cpu"))
-    yield built
-    built.close()
+def services(tiny_services):
+    return tiny_services
 
 
 def test_a_world_sample_through_the_tiny_model(services):
