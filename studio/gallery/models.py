@@ -9,7 +9,19 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -62,9 +74,7 @@ class Generation(Base):
     __tablename__ = "generations"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime(), default=utcnow, index=True
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     media_type: Mapped[str] = mapped_column(String(16), default="image", index=True)
     family: Mapped[str] = mapped_column(String(64), default="", index=True)
     model_id: Mapped[str] = mapped_column(String(255), default="", index=True)
@@ -78,14 +88,21 @@ class Generation(Base):
     height: Mapped[int] = mapped_column(Integer, default=0)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
-    media_path: Mapped[str] = mapped_column(String(512))
-    thumb_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    trajectory_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    media_path: Mapped[str] = mapped_column(String(512), index=True)
+    thumb_path: Mapped[str | None] = mapped_column(String(512), nullable=True, index=True)
+    trajectory_path: Mapped[str | None] = mapped_column(String(512), nullable=True, index=True)
     trajectory_frames: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default="ok")
     favourite: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     group_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+
+    __table_args__ = (
+        Index("ix_generations_model_id_guidance", "model_id", "guidance"),
+        Index("ix_generations_created_at_filters", "created_at", "model_id", "family", "media_type", "guidance",
+              "favourite"),
+        Index("ix_generations_id", "id").ddl_if(dialect="sqlite"),
+    )
 
     def __repr__(self) -> str:
         """Short debugging representation."""
@@ -157,3 +174,52 @@ class ProjectionRow(Base):
     n: Mapped[int] = mapped_column(Integer)
     dims: Mapped[int] = mapped_column(Integer)
     coords: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (n, dims)
+
+
+class GenerationCount(Base):
+    """How many generations have this (model, family, media type, favourite, guidance); kept by triggers
+    (migration 0004) on SQLite and PostgreSQL, read to count a page's rows without reading them."""
+
+    __tablename__ = "generation_counts"
+
+    model_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    family: Mapped[str] = mapped_column(String(64), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    favourite: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    guidance: Mapped[float] = mapped_column(Float, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class GalleryCounter(Base):
+    """A named counter kept by triggers (migration 0004): "version" goes up with every change to ``generations``
+    (on SQLite and PostgreSQL; elsewhere the row is absent)."""
+
+    __tablename__ = "gallery_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class GalleryChange(Base):
+    """A journal entry written by triggers (migration 0004): row ``gen_id`` was inserted (``op`` "i") or deleted
+    (``op`` "d", with the file paths it used). The startup sweep reads and clears it."""
+
+    __tablename__ = "gallery_changes"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gen_id: Mapped[int] = mapped_column(Integer)
+    op: Mapped[str] = mapped_column(String(1))
+    media_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    thumb_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    trajectory_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+    __table_args__ = {"sqlite_autoincrement": True}
+
+
+class GalleryState(Base):
+    """A small JSON document by name (the startup sweep's checkpoint: ``name`` "sweep")."""
+
+    __tablename__ = "gallery_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -113,17 +114,35 @@ def _has_token_chars(word: str) -> bool:
     return any(ch.isalnum() or unicodedata.category(ch) == "Co" for ch in word)
 
 
-def fts5_expression(raw: str) -> str | None:
+def fts5_words(raw: str) -> list[str]:
+    """The words of ``raw`` that FTS5 can search for (at most ``MAX_QUERY_WORDS``)."""
+    return [w for w in search_words(raw) if _has_token_chars(w)]
+
+
+def _fts5_string(word: str) -> str:
+    """``word`` as an FTS5 string (double-quoted, inner quotes doubled)."""
+    return '"' + word.replace('"', '""') + '"'
+
+
+def fts5_expression(raw: str, last_terms: Sequence[str] | None = None) -> str | None:
     """Turn user text into a safe FTS5 MATCH expression, or None if nothing is searchable.
 
-    Every word is a double-quoted string (inner quotes doubled), the last
-    word is a prefix query, and words are ANDed.
+    Every word is a double-quoted string (inner quotes doubled), the last word is a prefix query, and words are
+    ANDed. ``last_terms``: the index's terms that start with the last word, when the caller looked them up; the
+    last word then becomes those exact terms ORed (an FTS5 prefix query copies the doclists of all its terms
+    before it returns the first row; exact terms are read lazily, newest first).
     """
-    words = [w for w in search_words(raw) if _has_token_chars(w)]
+    words = fts5_words(raw)
     if not words:
         return None
-    quoted = ['"' + w.replace('"', '""') + '"' for w in words]
-    quoted[-1] += "*"
+    quoted = [_fts5_string(w) for w in words]
+    if last_terms is None:
+        quoted[-1] += "*"
+    elif len(last_terms) > 1:
+        quoted[-1] = "(" + " OR ".join(_fts5_string(t) for t in last_terms) + ")"
+    elif last_terms:
+        quoted[-1] = _fts5_string(last_terms[0])
+    # no term starts with the last word: its exact string matches nothing, as the prefix query would
     return " AND ".join(quoted)
 
 

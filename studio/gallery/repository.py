@@ -6,14 +6,27 @@ functions only ``flush`` so that ids are available.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, select, update
+from sqlalchemy import ColumnElement, Integer, bindparam, column, func, literal_column, select, table, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from studio.gallery.models import MEDIA_TYPES, STATUSES, Generation, PromptHistory, utcnow
-from studio.gallery.query import GalleryQuery, fts5_expression, text_clause
+from studio.gallery.models import (
+    MEDIA_TYPES,
+    STATUSES,
+    GalleryCounter,
+    Generation,
+    GenerationCount,
+    PromptHistory,
+    utcnow,
+)
+from studio.gallery.query import GalleryQuery, clean_search_text, fts5_expression, fts5_words, text_clause
 
 __all__ = [
     "GalleryQuery",
@@ -30,7 +43,6 @@ __all__ = [
 ]
 
 DISTINCT_COLUMNS = ("model_id", "family", "media_type")
-_NEWEST_FIRST = (Generation.created_at.desc(), Generation.id.desc())
 
 
 def _dialect(session: Session) -> str:
@@ -59,48 +71,251 @@ def get_generation(session: Session, gen_id: int) -> Generation | None:
     return session.get(Generation, gen_id)
 
 
-def _filter_conditions(query: GalleryQuery, dialect_name: str) -> list[ColumnElement[bool]]:
-    """Translate a :class:`GalleryQuery` into WHERE conditions."""
+def _column(name: str, plain: bool) -> Any:
+    """``generations.<name>``; ``plain``: written ``+generations.<name>`` (SQLite), which keeps the query planner
+    from reading it through an index of its own."""
+    col = Generation.__table__.c[name]
+    return literal_column(f"+generations.{name}", col.type) if plain else col
+
+
+def _filter_conditions(
+    query: GalleryQuery, dialect_name: str, *, with_text: bool = True
+) -> list[ColumnElement[bool]]:
+    """Translate a :class:`GalleryQuery` into WHERE conditions (the text search left out when not ``with_text``).
+
+    With a date range on SQLite the other filters are written plain (``+column``): the date range is then read
+    from ``ix_generations_created_at_filters``, which holds every filter column, instead of an index of one of
+    them followed by a row lookup per entry (without statistics SQLite takes equality over a range)."""
     conditions: list[ColumnElement[bool]] = []
-    search = text_clause(query.text, dialect_name)
+    search = text_clause(query.text, dialect_name) if with_text else None
     if search is not None:
         conditions.append(search)
+    dated = query.created_after is not None or query.created_before is not None
+    plain = dated and dialect_name == "sqlite"
     for name in DISTINCT_COLUMNS:
         value = getattr(query, name)
         if value is not None and str(value).strip():
-            conditions.append(getattr(Generation, name) == value)
+            conditions.append(_column(name, plain) == value)
     if query.guidance_min is not None:
-        conditions.append(Generation.guidance >= query.guidance_min)
+        conditions.append(_column("guidance", plain) >= query.guidance_min)
     if query.guidance_max is not None:
-        conditions.append(Generation.guidance <= query.guidance_max)
+        conditions.append(_column("guidance", plain) <= query.guidance_max)
     if query.created_after is not None:
         conditions.append(Generation.created_at >= query.created_after)
     if query.created_before is not None:
         conditions.append(Generation.created_at < query.created_before)
     if query.favourites_only:
-        conditions.append(Generation.favourite.is_(True))
+        conditions.append(_column("favourite", plain).is_(True))
     return conditions
 
 
+def _page_window(query: GalleryQuery, total: int) -> tuple[bool, int, int]:
+    """``(newest_first, offset, limit)`` that fetch the requested page of ``total`` rows.
+
+    A page in the older half is read from the oldest end (ascending, then reversed), so the last pages cost
+    what the first ones do instead of skipping almost every row."""
+    offset, limit = query.offset, query.page_size
+    if offset >= total:
+        return True, offset, 0
+    if offset * 2 <= total:
+        return True, offset, limit
+    start = max(0, total - offset - limit)
+    return False, start, total - offset - start
+
+
+def _fetch_rows(session: Session, ids: list[int]) -> list[Generation]:
+    """The rows with ``ids``, in that order."""
+    if not ids:
+        return []
+    found = {row.id: row for row in session.scalars(select(Generation).where(Generation.id.in_(ids)))}
+    return [found[i] for i in ids if i in found]
+
+
+def _counted_total(session: Session, query: GalleryQuery) -> int | None:
+    """The number of rows matching ``query`` summed from ``generation_counts`` (kept by triggers on SQLite and
+    PostgreSQL), or None where that table cannot answer (text or dates in the query, another database)."""
+    if _dialect(session) not in ("sqlite", "postgresql") or clean_search_text(query.text):
+        return None
+    if query.created_after is not None or query.created_before is not None:
+        return None
+    conditions: list[ColumnElement[bool]] = []
+    for name in DISTINCT_COLUMNS:
+        value = getattr(query, name)
+        if value is not None and str(value).strip():
+            conditions.append(getattr(GenerationCount, name) == value)
+    if query.guidance_min is not None:
+        conditions.append(GenerationCount.guidance >= query.guidance_min)
+    if query.guidance_max is not None:
+        conditions.append(GenerationCount.guidance <= query.guidance_max)
+    if query.favourites_only:
+        conditions.append(GenerationCount.favourite.is_(True))
+    return int(session.scalar(select(func.coalesce(func.sum(GenerationCount.n), 0)).where(*conditions)) or 0)
+
+
+def _count(session: Session, query: GalleryQuery, conditions: list[ColumnElement[bool]]) -> int:
+    """Rows matching ``conditions`` (those of ``query``): from the counts table where it can answer, else
+    ``count(*)`` (which SQLite reads from an index; without filters, from its pages' headers alone)."""
+    counted = _counted_total(session, query)
+    if counted is not None:
+        return counted
+    return int(session.scalar(select(func.count()).select_from(Generation).where(*conditions)) or 0)
+
+
 def _run_search(
-    session: Session, query: GalleryQuery, conditions: list[ColumnElement[bool]]
+    session: Session, query: GalleryQuery, conditions: list[ColumnElement[bool]], totals: CountCache | None = None
 ) -> tuple[list[Generation], int]:
-    """Execute the page query and the count query for ``conditions``."""
-    total = session.scalar(select(func.count(Generation.id)).where(*conditions)) or 0
-    page: Select[tuple[Generation]] = (
-        select(Generation)
-        .where(*conditions)
-        .order_by(*_NEWEST_FIRST)
-        .offset(query.offset)
-        .limit(query.page_size)
-    )
-    return list(session.scalars(page)), int(total)
+    """Count the rows matching ``conditions``, then read the page: ids first (newest first: highest id first,
+    through an index where the filters allow), then those rows."""
+    if totals is None:
+        total = _count(session, query, conditions)
+    else:
+        total = totals.get(session, query, lambda: _count(session, query, conditions))
+    newest_first, offset, limit = _page_window(query, total)
+    if limit <= 0:
+        return [], total
+    order = Generation.id.desc() if newest_first else Generation.id.asc()
+    ids = list(session.scalars(select(Generation.id).where(*conditions).order_by(order).offset(offset).limit(limit)))
+    return _fetch_rows(session, ids if newest_first else ids[::-1]), total
 
 
-def search_generations(session: Session, query: GalleryQuery) -> tuple[list[Generation], int]:
-    """Return ``(rows for the requested page, total matching rows)``, newest first."""
+T = TypeVar("T")
+_FTS = table("generations_fts", column("rowid", Integer))
+# The 0004 migration's fts5vocab table over the index (one row per term instance; read lazily, by term range).
+_NEXT_TERM = text("SELECT term FROM generations_fts_terms WHERE term >= :lo AND term < :hi LIMIT 1")
+MAX_PREFIX_TERMS = 24  # a last word that starts more terms than this stays an FTS5 prefix query
+SMALL_MATCH = 2000  # up to this many text matches, filters are checked on each matching row
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+def prefix_terms(session: Session, prefix: str) -> list[str] | None:
+    """The full-text index's terms that start with ``prefix`` (lower-case ASCII letters and digits, which the
+    unicode61 tokenizer keeps as they are), or None when there are more than ``MAX_PREFIX_TERMS``."""
+    hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    terms: list[str] = []
+    lo = prefix
+    while True:
+        term = session.scalar(_NEXT_TERM, {"lo": lo, "hi": hi})
+        if term is None:
+            return terms
+        if len(terms) == MAX_PREFIX_TERMS:
+            return None
+        terms.append(term)
+        lo = term + "\x01"  # the next term after ``term`` (terms hold no control characters)
+
+
+def fts_match_expression(session: Session, raw: str) -> str | None:
+    """The FTS5 expression for the user's text, its last (prefix) word spelled out as the index's terms when it
+    is a plain word; None when nothing is searchable."""
+    words = fts5_words(raw)
+    if not words:
+        return None
+    last = words[-1]
+    if not _PLAIN_WORD.fullmatch(last):
+        return fts5_expression(raw)
+    return fts5_expression(raw, prefix_terms(session, last.lower()))
+
+
+def _run_fts_search(
+    session: Session, query: GalleryQuery, expression: str, conditions: list[ColumnElement[bool]],
+    totals: CountCache | None = None,
+) -> tuple[list[Generation], int]:
+    """SQLite full-text search: the FTS5 index delivers matching rowids newest (highest) first, so a page stops
+    after its rows; filters are applied outside the FTS query, in one of two ways:
+
+    - look up each match's row and check the filters (cheap for few matches, or for a page near either end when
+      the filters keep most matches);
+    - build the set of ids the filters keep (from an index) and look each match up in it (cheaper when the
+      filters keep no more than a few times as many rows as the text matches).
+
+    The total is counted once per query and gallery version (``totals``). The ``+`` before
+    ``generations_fts.rowid`` stops SQLite from turning the join around (probing the FTS index once per filtered
+    row, which re-runs the MATCH each time)."""
+    match = literal_column("generations_fts").op("MATCH")(bindparam("fts_query", expression))
+    rowid = _FTS.c.rowid
+    kept_ids = literal_column("+generations_fts.rowid").in_(select(Generation.id).where(*conditions))
+    joined = _FTS.join(Generation.__table__, Generation.id == literal_column("+generations_fts.rowid"))
+
+    def shape(as_set: bool) -> tuple[Any, list[ColumnElement[bool]]]:
+        if not conditions:
+            return _FTS, [match]
+        return (_FTS, [match, kept_ids]) if as_set else (joined, [match, *conditions])
+
+    def plan() -> tuple[int, int, int | None]:
+        """(total, text matches, rows the filters keep: None when not counted)."""
+        n_text = int(session.scalar(select(func.count()).select_from(_FTS).where(match)) or 0)
+        if not conditions or n_text == 0:
+            return n_text, n_text, None
+        kept = _count(session, replace(query, text=""), conditions) if n_text > SMALL_MATCH else None
+        if kept == 0:
+            return 0, n_text, 0
+        source, where = shape(kept is not None and kept <= 3 * n_text)
+        return int(session.scalar(select(func.count()).select_from(source).where(*where)) or 0), n_text, kept
+
+    total, n_text, kept = plan() if totals is None else totals.get(session, query, plan)
+    newest_first, offset, limit = _page_window(query, total)
+    if limit <= 0:
+        return [], total
+    # The page: walking the matches newest first, a row lookup per match until the page is full costs about
+    # (offset + limit) * n_text / total lookups; the set of kept ids costs ``kept`` to build. Take the cheaper.
+    lookups = (offset + limit) * n_text / max(total, 1)
+    source, where = shape(kept is not None and 4 * lookups > kept)
+    order = rowid.desc() if newest_first else rowid.asc()
+    stmt = select(rowid).select_from(source).where(*where).order_by(order).offset(offset).limit(limit)
+    ids = [int(i) for i in session.scalars(stmt)]
+    return _fetch_rows(session, ids if newest_first else ids[::-1]), total
+
+
+class CountCache:
+    """Totals of recent queries, kept while the gallery's "version" counter (``gallery_counters``, bumped by
+    triggers on every change to ``generations``) stays the same: paging through a result (◀ Newer / Older ▶)
+    counts it once. Thread-safe; a database without the counter row is never cached."""
+
+    def __init__(self, size: int = 128) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._totals: OrderedDict[GalleryQuery, Any] = OrderedDict()
+
+    def clear(self) -> None:
+        """Forget every total."""
+        with self._lock:
+            self._totals.clear()
+
+    def get(self, session: Session, query: GalleryQuery, compute: Callable[[], T]) -> T:
+        """What ``compute()`` says about ``query`` (its page left out: its total, and how it was counted), from the
+        cache or computed and kept."""
+        version = session.scalar(select(GalleryCounter.value).where(GalleryCounter.name == "version"))
+        if version is None:
+            return compute()
+        key = replace(query, page=1, page_size=1)
+        with self._lock:
+            if version != self._version:
+                self._totals.clear()
+                self._version = version
+            if key in self._totals:
+                self._totals.move_to_end(key)
+                return self._totals[key]
+        value = compute()
+        with self._lock:
+            if version == self._version:
+                self._totals[key] = value
+                while len(self._totals) > self.size:
+                    self._totals.popitem(last=False)
+        return value
+
+
+def search_generations(
+    session: Session, query: GalleryQuery, totals: CountCache | None = None
+) -> tuple[list[Generation], int]:
+    """Return ``(rows for the requested page, total matching rows)``, newest (most recently saved) first.
+    ``totals``: where to keep and find the total of a query seen before."""
     dialect_name = _dialect(session)
-    return _run_search(session, query, _filter_conditions(query, dialect_name))
+    if dialect_name == "sqlite":
+        expression = fts_match_expression(session, query.text)
+        if expression is not None:
+            return _run_fts_search(session, query, expression,
+                                   _filter_conditions(query, dialect_name, with_text=False), totals)
+    return _run_search(session, query, _filter_conditions(query, dialect_name), totals)
 
 
 def search_generations_like(
@@ -192,13 +407,13 @@ def distinct_values(session: Session, column_name: str) -> list[str]:
 
 
 def count_generations(session: Session) -> int:
-    """Total number of generation rows."""
-    return int(session.scalar(select(func.count(Generation.id))) or 0)
+    """Total number of generation rows (``count(*)``: SQLite counts it from an index's page headers)."""
+    return int(session.scalar(select(func.count()).select_from(Generation)) or 0)
 
 
 def count_path_references(session: Session, rel_path: str) -> int:
     """Rows whose media, thumbnail or trajectory path equals ``rel_path``."""
-    stmt = select(func.count(Generation.id)).where(
+    stmt = select(func.count()).select_from(Generation).where(
         (Generation.media_path == rel_path)
         | (Generation.thumb_path == rel_path)
         | (Generation.trajectory_path == rel_path)

@@ -64,7 +64,14 @@ def test_migration_creates_tables_and_fts(tmp_path: Path) -> None:
     indexed = {i["column_names"][0] for i in inspect(engine).get_indexes("generations")}
     assert {"created_at", "media_type", "family", "model_id", "guidance", "favourite"} <= indexed
     assert {"embeddings", "projections"} <= tables  # the Embedding Map caches (0003)
-    assert current_revision(engine) == head_revision() == "0003"
+    by_name = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("generations")}
+    assert by_name["ix_generations_media_path"] == ["media_path"]  # file reference checks (0004)
+    assert by_name["ix_generations_thumb_path"] == ["thumb_path"]
+    assert by_name["ix_generations_trajectory_path"] == ["trajectory_path"]
+    assert by_name["ix_generations_model_id_guidance"] == ["model_id", "guidance"]
+    assert {"gallery_changes", "gallery_state"} <= tables  # the startup sweep's journal and checkpoint (0004)
+    assert {"generations_changes_ai", "generations_changes_ad", "generations_changes_au"} <= names
+    assert current_revision(engine) == head_revision() == "0004"
     engine.dispose()
 
 
