@@ -136,3 +136,18 @@ def test_builtin_circle_token_looks_at_the_top_left_for_most_seeds(builtin_ldm):
         maps = model.generate(req, attention=AttentionRecorder()).attention
         hits.append(peak_quadrant(maps.token_maps((8, 8))[maps.find_token("circle")]) == "top left")
     assert sum(hits) >= 8, hits
+
+
+def test_a_flow_transformer_without_cross_attention_layers_is_refused_and_still_generates(tiny_models_dir):
+    """SD3's MMDiT mixes text and image tokens in joint attention (no attn2 layers): recording is refused with a
+    message, and the same model generates as usual without it."""
+    from pipelines.devices import resolve_device
+    from pipelines.flow import FlowMatching
+    from pipelines.registry import ModelRegistry
+
+    model = FlowMatching.load(ModelRegistry(builtin_dir=None, user_dir=tiny_models_dir).get("local/tiny-sd3"),
+                              resolve_device("cpu"))
+    req = ImageRequest("a red circle", num_inference_steps=2, guidance_scale=3.0, seed=0)
+    with pytest.raises(ValueError, match="no cross-attention"):
+        model.generate(req, attention=AttentionRecorder())
+    assert len(model.generate(req).images) == 1
