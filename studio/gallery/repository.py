@@ -7,31 +7,31 @@ functions only ``flush`` so that ids are available.
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, bindparam, column, func, literal_column, select, table, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from studio.gallery.models import (
-    MEDIA_TYPES,
-    STATUSES,
-    GalleryCounter,
-    Generation,
-    GenerationCount,
-    PromptHistory,
-    utcnow,
+# Counting lives in ``studio.gallery.counts``; its public names stay importable from here (``repo.CountCache``,
+# ``repo.count_path_references``, ...).
+from studio.gallery.counts import (
+    DISTINCT_COLUMNS,
+    CountCache,
+    count_generations,
+    count_matching,
+    count_path_references,
 )
-from studio.gallery.query import GalleryQuery, clean_search_text, fts5_expression, fts5_words, text_clause
+from studio.gallery.models import MEDIA_TYPES, STATUSES, Generation, PromptHistory, utcnow
+from studio.gallery.query import GalleryQuery, fts5_expression, fts5_words, text_clause
 
 __all__ = [
+    "CountCache",
     "GalleryQuery",
     "add_generation",
     "count_generations",
+    "count_path_references",
     "delete_generation",
     "distinct_values",
     "fts5_expression",
@@ -41,8 +41,6 @@ __all__ = [
     "search_generations",
     "set_favourite",
 ]
-
-DISTINCT_COLUMNS = ("model_id", "family", "media_type")
 
 
 def _dialect(session: Session) -> str:
@@ -131,45 +129,15 @@ def _fetch_rows(session: Session, ids: list[int]) -> list[Generation]:
     return [found[i] for i in ids if i in found]
 
 
-def _counted_total(session: Session, query: GalleryQuery) -> int | None:
-    """The number of rows matching ``query`` summed from ``generation_counts`` (kept by triggers on SQLite and
-    PostgreSQL), or None where that table cannot answer (text or dates in the query, another database)."""
-    if _dialect(session) not in ("sqlite", "postgresql") or clean_search_text(query.text):
-        return None
-    if query.created_after is not None or query.created_before is not None:
-        return None
-    conditions: list[ColumnElement[bool]] = []
-    for name in DISTINCT_COLUMNS:
-        value = getattr(query, name)
-        if value is not None and str(value).strip():
-            conditions.append(getattr(GenerationCount, name) == value)
-    if query.guidance_min is not None:
-        conditions.append(GenerationCount.guidance >= query.guidance_min)
-    if query.guidance_max is not None:
-        conditions.append(GenerationCount.guidance <= query.guidance_max)
-    if query.favourites_only:
-        conditions.append(GenerationCount.favourite.is_(True))
-    return int(session.scalar(select(func.coalesce(func.sum(GenerationCount.n), 0)).where(*conditions)) or 0)
-
-
-def _count(session: Session, query: GalleryQuery, conditions: list[ColumnElement[bool]]) -> int:
-    """Rows matching ``conditions`` (those of ``query``): from the counts table where it can answer, else
-    ``count(*)`` (which SQLite reads from an index; without filters, from its pages' headers alone)."""
-    counted = _counted_total(session, query)
-    if counted is not None:
-        return counted
-    return int(session.scalar(select(func.count()).select_from(Generation).where(*conditions)) or 0)
-
-
 def _run_search(
     session: Session, query: GalleryQuery, conditions: list[ColumnElement[bool]], totals: CountCache | None = None
 ) -> tuple[list[Generation], int]:
     """Count the rows matching ``conditions``, then read the page: ids first (newest first: highest id first,
     through an index where the filters allow), then those rows."""
     if totals is None:
-        total = _count(session, query, conditions)
+        total = count_matching(session, query, conditions)
     else:
-        total = totals.get(session, query, lambda: _count(session, query, conditions))
+        total = totals.get(session, query, lambda: count_matching(session, query, conditions))
     newest_first, offset, limit = _page_window(query, total)
     if limit <= 0:
         return [], total
@@ -178,7 +146,6 @@ def _run_search(
     return _fetch_rows(session, ids if newest_first else ids[::-1]), total
 
 
-T = TypeVar("T")
 _FTS = table("generations_fts", column("rowid", Integer))
 # The 0004 migration's fts5vocab table over the index (one row per term instance; read lazily, by term range).
 _NEXT_TERM = text("SELECT term FROM generations_fts_terms WHERE term >= :lo AND term < :hi LIMIT 1")
@@ -245,7 +212,7 @@ def _run_fts_search(
         n_text = int(session.scalar(select(func.count()).select_from(_FTS).where(match)) or 0)
         if not conditions or n_text == 0:
             return n_text, n_text, None
-        kept = _count(session, replace(query, text=""), conditions) if n_text > SMALL_MATCH else None
+        kept = count_matching(session, replace(query, text=""), conditions) if n_text > SMALL_MATCH else None
         if kept == 0:
             return 0, n_text, 0
         source, where = shape(kept is not None and kept <= 3 * n_text)
@@ -263,45 +230,6 @@ def _run_fts_search(
     stmt = select(rowid).select_from(source).where(*where).order_by(order).offset(offset).limit(limit)
     ids = [int(i) for i in session.scalars(stmt)]
     return _fetch_rows(session, ids if newest_first else ids[::-1]), total
-
-
-class CountCache:
-    """Totals of recent queries, kept while the gallery's "version" counter (``gallery_counters``, bumped by
-    triggers on every change to ``generations``) stays the same: paging through a result (◀ Newer / Older ▶)
-    counts it once. Thread-safe; a database without the counter row is never cached."""
-
-    def __init__(self, size: int = 128) -> None:
-        self.size = size
-        self._lock = threading.Lock()
-        self._version: int | None = None
-        self._totals: OrderedDict[GalleryQuery, Any] = OrderedDict()
-
-    def clear(self) -> None:
-        """Forget every total."""
-        with self._lock:
-            self._totals.clear()
-
-    def get(self, session: Session, query: GalleryQuery, compute: Callable[[], T]) -> T:
-        """What ``compute()`` says about ``query`` (its page left out: its total, and how it was counted), from the
-        cache or computed and kept."""
-        version = session.scalar(select(GalleryCounter.value).where(GalleryCounter.name == "version"))
-        if version is None:
-            return compute()
-        key = replace(query, page=1, page_size=1)
-        with self._lock:
-            if version != self._version:
-                self._totals.clear()
-                self._version = version
-            if key in self._totals:
-                self._totals.move_to_end(key)
-                return self._totals[key]
-        value = compute()
-        with self._lock:
-            if version == self._version:
-                self._totals[key] = value
-                while len(self._totals) > self.size:
-                    self._totals.popitem(last=False)
-        return value
 
 
 def search_generations(
@@ -404,19 +332,3 @@ def distinct_values(session: Session, column_name: str) -> list[str]:
     column = getattr(Generation, column_name)
     stmt = select(column).where(column != "").distinct().order_by(column)
     return [value for value in session.scalars(stmt) if value is not None]
-
-
-def count_generations(session: Session) -> int:
-    """Total number of generation rows (``count(*)``: SQLite counts it from an index's page headers)."""
-    return int(session.scalar(select(func.count()).select_from(Generation)) or 0)
-
-
-def count_path_references(session: Session, rel_path: str) -> int:
-    """Rows whose media, thumbnail or trajectory path equals ``rel_path``."""
-    stmt = select(func.count()).select_from(Generation).where(
-        (Generation.media_path == rel_path)
-        | (Generation.thumb_path == rel_path)
-        | (Generation.trajectory_path == rel_path)
-    )
-    return int(session.scalar(stmt) or 0)
-
