@@ -242,8 +242,8 @@ def warm_up_umap(nice: int = 19) -> float:
     """Compile UMAP's numba kernels on a tiny problem, once per process; returns the seconds it took.
 
     umap-learn and pynndescent compile most kernels on first use and cache few of them on disk: about
-    50 s on 2 CPU cores in every new process. The studio runs this in a low-priority background thread
-    at launch (:func:`start_umap_warm_up`), so the first map the user asks for only pays for its data.
+    50 s on 2 CPU cores in every new process. ``launch.py`` runs this in its background warm-up thread
+    (lowered priority), so the first map the user asks for only pays for its data.
     """
     import time
 
@@ -260,12 +260,6 @@ def warm_up_umap(nice: int = 19) -> float:
         project(x / np.linalg.norm(x, axis=1, keepdims=True), "umap", 2)
         _WARMED.set()
         return time.perf_counter() - t0
-
-
-def start_umap_warm_up() -> threading.Thread:
-    thread = threading.Thread(target=warm_up_umap, name="umap-warm-up", daemon=True)
-    thread.start()
-    return thread
 
 
 # -- probes ----------------------------------------------------------------------------------------
