@@ -157,9 +157,20 @@ def training_studio(tmp_path):
 
 
 def _pick(page, elem_id: str, text: str) -> None:
+    """Choose ``text`` in a dropdown; typing and Enter can be lost while a busy page re-renders, so check the
+    value took and try again (up to three times) before going on."""
+    from playwright.sync_api import expect
+
     box = page.locator(f"#{elem_id} input")
-    box.fill(text)
-    box.press("Enter")
+    for attempt in range(3):
+        box.fill(text)
+        box.press("Enter")
+        try:
+            expect(box).to_have_value(text, timeout=5_000)
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
 
 
 def test_train_tab_runs_a_short_training_then_generate_uses_its_checkpoint(training_studio, page):
@@ -174,9 +185,10 @@ def test_train_tab_runs_a_short_training_then_generate_uses_its_checkpoint(train
                                                                        "--threads 1")
     page.locator("#train-start").click()
     page.wait_for_function("document.querySelector('#train-message').innerText.includes('Started')", timeout=30_000)
-    page.wait_for_function("document.querySelector('#train-status').innerText.includes('exported as')",
-                           timeout=240_000)
+    page.wait_for_function("['exported as', 'failed', 'crashed'].some("
+                           "w => document.querySelector('#train-status').innerText.includes(w))", timeout=240_000)
     status = page.locator("#train-status").inner_text()
+    assert "exported as" in status, status + "\n" + page.locator("#train-log").inner_text()
     assert "finished at step 6 / 6" in status and "local/browser-run-step6" in status
     page.wait_for_selector("#train-loss canvas, #train-loss svg", timeout=30_000)
     page.wait_for_function("document.querySelectorAll('#train-samples img').length >= 2", timeout=30_000)
