@@ -22,6 +22,7 @@ MAX_QUERY_CHARS = 1000
 MAX_QUERY_WORDS = 32
 MAX_PAGE_SIZE = 200
 LIKE_ESCAPE = "\\"
+TEXT_COLUMNS = "{prompt negative_prompt}"  # an FTS5 column filter: the columns user words are searched in
 # Character categories removed from search text: controls, format marks
 # (e.g. bidi overrides), lone surrogates and unassigned code points.
 _DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn"})
@@ -128,7 +129,8 @@ def fts5_expression(raw: str, last_terms: Sequence[str] | None = None) -> str | 
     """Turn user text into a safe FTS5 MATCH expression, or None if nothing is searchable.
 
     Every word is a double-quoted string (inner quotes doubled), the last word is a prefix query, and words are
-    ANDed. ``last_terms``: the index's terms that start with the last word, when the caller looked them up; the
+    ANDed, in the two prompt columns only (``TEXT_COLUMNS``: the index's third column holds facet terms, see
+    :func:`facet_terms`). ``last_terms``: the index's terms that start with the last word, when the caller looked them up; the
     last word then becomes those exact terms ORed (an FTS5 prefix query copies the doclists of all its terms
     before it returns the first row; exact terms are read lazily, newest first).
     """
@@ -143,7 +145,26 @@ def fts5_expression(raw: str, last_terms: Sequence[str] | None = None) -> str | 
     elif last_terms:
         quoted[-1] = _fts5_string(last_terms[0])
     # no term starts with the last word: its exact string matches nothing, as the prefix query would
-    return " AND ".join(quoted)
+    return TEXT_COLUMNS + " : (" + " AND ".join(quoted) + ")"
+
+
+def facet_terms(query: GalleryQuery) -> list[str]:
+    """The full-text index's facet terms for the equality filters of ``query`` (migration 0005 writes the same
+    ones for every row): media type, family and model id as lower-case hex of their UTF-8 bytes, and the
+    favourite flag."""
+    terms = [prefix + value.encode("utf-8").hex()
+             for prefix, value in (("zt", query.media_type), ("zf", query.family), ("zm", query.model_id))
+             if value is not None and str(value).strip()]
+    if query.favourites_only:
+        terms.append("zv1")
+    return terms
+
+
+def with_facets(expression: str, facets: Sequence[str]) -> str:
+    """``expression`` (from :func:`fts5_expression`) ANDed with the facet terms (which hold no quotes)."""
+    if not facets:
+        return expression
+    return expression + " AND facets : (" + " AND ".join(f'"{t}"' for t in facets) + ")"
 
 
 def escape_like(word: str) -> str:

@@ -24,7 +24,14 @@ from studio.gallery.counts import (
     count_path_references,
 )
 from studio.gallery.models import MEDIA_TYPES, STATUSES, Generation, PromptHistory, utcnow
-from studio.gallery.query import GalleryQuery, fts5_expression, fts5_words, text_clause
+from studio.gallery.query import (
+    GalleryQuery,
+    facet_terms,
+    fts5_expression,
+    fts5_words,
+    text_clause,
+    with_facets,
+)
 
 __all__ = [
     "CountCache",
@@ -187,7 +194,8 @@ def _run_fts_search(
     totals: CountCache | None = None,
 ) -> tuple[list[Generation], int]:
     """SQLite full-text search: the FTS5 index delivers matching rowids newest (highest) first, so a page stops
-    after its rows; filters are applied outside the FTS query, in one of two ways:
+    after its rows. ``expression`` holds the equality filters as facet terms; ``conditions`` (all filters, given
+    only when a guidance or date range needs the rows) are applied outside the FTS query, in one of two ways:
 
     - look up each match's row and check the filters (cheap for few matches, or for a page near either end when
       the filters keep most matches);
@@ -241,8 +249,13 @@ def search_generations(
     if dialect_name == "sqlite":
         expression = fts_match_expression(session, query.text)
         if expression is not None:
-            return _run_fts_search(session, query, expression,
-                                   _filter_conditions(query, dialect_name, with_text=False), totals)
+            # The equality filters are facet terms of the index (migration 0005): FTS5 intersects them with the
+            # text itself. Only a guidance or date range still needs the rows (all filters then go to SQL too).
+            ranged = any(v is not None for v in (query.guidance_min, query.guidance_max,
+                                                 query.created_after, query.created_before))
+            conditions = _filter_conditions(query, dialect_name, with_text=False) if ranged else []
+            return _run_fts_search(session, query, with_facets(expression, facet_terms(query)), conditions,
+                                   totals)
     return _run_search(session, query, _filter_conditions(query, dialect_name), totals)
 
 

@@ -71,7 +71,8 @@ def test_migration_creates_tables_and_fts(tmp_path: Path) -> None:
     assert by_name["ix_generations_model_id_guidance"] == ["model_id", "guidance"]
     assert {"gallery_changes", "gallery_state"} <= tables  # the startup sweep's journal and checkpoint (0004)
     assert {"generations_changes_ai", "generations_changes_ad", "generations_changes_au"} <= names
-    assert current_revision(engine) == head_revision() == "0004"
+    assert "generations_fts_source" in names  # the index reads prompts and facet terms from it (0005)
+    assert current_revision(engine) == head_revision() == "0005"
     engine.dispose()
 
 

@@ -23,6 +23,10 @@ WORDS = ("red", "reddish", "redwood", "blue", "green", "circle", "star", "square
 N = 160
 
 
+def in_text(expression: str) -> str:
+    """``expression`` searched in the prompt columns only (the index's third column holds facet terms)."""
+    return "{prompt negative_prompt} : (" + expression + ")"
+
 def _prompt(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5)))
 
@@ -100,6 +104,10 @@ QUERIES = [
     {"text": "circle", "favourites_only": True, "guidance_min": 5.0},
     {"text": "background", "created_before": T0 + timedelta(hours=100), "media_type": "image"},
     {"text": "nothing-like-this"},
+    # equality filters only: answered by the index's facet terms alone (0005)
+    {"text": "red", "media_type": "image"},
+    {"text": "star", "family": "dit", "model_id": "m/alpha", "favourites_only": True},
+    {"text": "backg", "model_id": "m/beta", "media_type": "audio"},
 ]
 
 
@@ -149,7 +157,8 @@ def test_totals_follow_inserts_deletes_and_favourites(gallery: Gallery) -> None:
         s.get(Generation, next(i for i in ids if i != target)).model_id = "m/other"
     assert gallery.search(GalleryQuery(model_id="m/other"))[1] == 1
     _counts_agree(gallery)
-    for q in (favourites, beta, GalleryQuery(model_id="m/other"), GalleryQuery(text="red", favourites_only=True)):
+    for q in (favourites, beta, GalleryQuery(model_id="m/other"), GalleryQuery(text="red", favourites_only=True),
+              GalleryQuery(text="red", model_id="m/other"), GalleryQuery(text="red", model_id="m/beta")):
         assert gallery.search(q)[1] == len(_expected(gallery, q))
 
 
@@ -172,14 +181,15 @@ def test_a_search_s_last_word_becomes_the_index_terms_it_starts(gallery: Gallery
     with gallery.session() as s:
         assert prefix_terms(s, "red") == ["red", "reddish", "redwood"]
         assert prefix_terms(s, "zz") == []
-        assert fts_match_expression(s, "blue re") == '"blue" AND ("red" OR "reddish" OR "redwood")'
-        assert fts_match_expression(s, "Circle") == '"circle"'
-        assert fts_match_expression(s, "zebra") == '"zebra"'  # no such term: matches nothing, as "zebra"* would
-        assert fts_match_expression(s, "blue rö") == '"blue" AND "rö"*'  # not plain ASCII: FTS5 folds it
-        assert fts_match_expression(s, "robot_arm") == '"robot_arm"*'
+        assert fts_match_expression(s, "blue re") == in_text('"blue" AND ("red" OR "reddish" OR "redwood")')
+        assert fts_match_expression(s, "Circle") == in_text('"circle"')
+        # no such term: matches nothing, as "zebra"* would
+        assert fts_match_expression(s, "zebra") == in_text('"zebra"')
+        assert fts_match_expression(s, "blue rö") == in_text('"blue" AND "rö"*')  # not plain ASCII: FTS5 folds it
+        assert fts_match_expression(s, "robot_arm") == in_text('"robot_arm"*')
         monkeypatch.setattr(repository, "MAX_PREFIX_TERMS", 2)
         assert prefix_terms(s, "red") is None
-        assert fts_match_expression(s, "re") == '"re"*'
+        assert fts_match_expression(s, "re") == in_text('"re"*')
 
 
 def test_the_scale_migration_goes_down_and_up_on_a_gallery_with_rows(gallery: Gallery) -> None:
@@ -209,7 +219,32 @@ def test_the_scale_migration_goes_down_and_up_on_a_gallery_with_rows(gallery: Ga
     assert gallery.search(GalleryQuery(model_id="m/old"))[1] == 1
     assert gallery.search(GalleryQuery())[1] == gallery.count() == N + 1
     assert [r.prompt for r in gallery.search(GalleryQuery(text="fox"))[0]] == ["an old red fox"]
+    assert gallery.search(GalleryQuery(text="fox", model_id="m/old", media_type="image"))[1] == 1  # facets (0005)
+    assert gallery.search(GalleryQuery(text="fox", model_id="m/alpha"))[1] == 0
     with gallery.session() as s:
         add_generation(s, model_id="m/old", prompt="new", params={}, media_path="media/00/new.png")
     assert gallery.search(GalleryQuery(model_id="m/old"))[1] == 2
     _counts_agree(gallery)
+
+
+def test_facet_terms_match_only_their_filter_values(gallery: Gallery) -> None:
+    """A filter value with any characters is one exact facet term; user words never match facet terms; the
+    index's integrity check passes after facet changes."""
+    if gallery.engine.dialect.name != "sqlite":
+        pytest.skip("the FTS5 index is SQLite's")
+    from studio.gallery.query import facet_terms
+
+    odd = "local/ünïcode model (v2) \"quoted\""
+    with gallery.session() as s:
+        for model in (odd, odd + " copy", "m/alpha"):
+            add_generation(s, model_id=model, family="text_to_video", media_type="video", prompt="a zebra crossing",
+                           params={}, media_path=f"media/00/{model}.png")
+    assert gallery.search(GalleryQuery(text="zebra", model_id=odd))[1] == 1
+    assert gallery.search(GalleryQuery(text="zebra", family="text_to_video"))[1] == 3
+    assert gallery.search(GalleryQuery(text="zebra", family="text"))[1] == 0  # whole values, not their words
+    for term in facet_terms(GalleryQuery(model_id=odd, media_type="video", favourites_only=True)):
+        assert gallery.search(GalleryQuery(text=term))[1] == 0  # typed as a word: searched in the prompts only
+    row = gallery.search(GalleryQuery(text="zebra", model_id="m/alpha"))[0][0]
+    assert gallery.set_favourite(row.id, True)
+    assert [r.id for r in gallery.search(GalleryQuery(text="zebra", favourites_only=True))[0]] == [row.id]
+    assert gallery.integrity_check() == "ok"

@@ -68,6 +68,10 @@ def gallery(tmp_path: Path):
     gal.close()
 
 
+def in_text(expression: str) -> str:
+    """``expression`` searched in the prompt columns only (the index's third column holds facet terms)."""
+    return "{prompt negative_prompt} : (" + expression + ")"
+
 def _prompts(gal: Gallery, **kwargs) -> list[str]:
     """Prompts of the first page for a query built from ``kwargs``."""
     rows, _ = gal.search(GalleryQuery(**kwargs))
@@ -164,9 +168,9 @@ def test_hostile_text_never_raises(gallery: Gallery, text: str) -> None:
 
 
 def test_fts5_expression_is_quoted() -> None:
-    assert fts5_expression("red fox") == '"red" AND "fox"*'
-    assert fts5_expression('say "hi"') == '"say" AND """hi"""*'
-    assert fts5_expression("a OR b NEAR(") == '"a" AND "OR" AND "b" AND "NEAR("*'
+    assert fts5_expression("red fox") == in_text('"red" AND "fox"*')
+    assert fts5_expression('say "hi"') == in_text('"say" AND """hi"""*')
+    assert fts5_expression("a OR b NEAR(") == in_text('"a" AND "OR" AND "b" AND "NEAR("*')
     assert fts5_expression("* ^ \"") is None
     assert fts5_expression("") is None
 
