@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from pipelines.clip_vocab import compact_tokenizer
 from pipelines.registry import BUILTIN_MODELS_DIR
 from pipelines.training import common
 
@@ -87,6 +88,7 @@ def assemble(vae_dir: Path = Path("runs/vae/out"), ldm_run_dir: Path = Path("run
     tmp = out.with_name(out.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    compact_tokenizer(tmp / "tokenizer")  # vocab.json + merges.txt: loads in a quarter of the time
     # transformers loads with dtype "auto" (the config's dtype): ask for fp32 so a plain
     # from_pretrained gives one dtype for all parts (diffusers models load fp32 by default).
     te_cfg = tmp / "text_encoder" / "config.json"

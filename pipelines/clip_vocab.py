@@ -57,3 +57,27 @@ def write_hf_clip_tokenizer(out_dir: Path, model_max_length: int = 77, pad_token
     specials = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
     return out_dir
+
+
+def compact_tokenizer(folder: Path) -> bool:
+    """Rewrite a CLIP BPE ``tokenizer.json`` (what transformers 5's ``save_pretrained`` writes) as ``vocab.json`` +
+    ``merges.txt``, the layout real Stable Diffusion folders ship; True when it did.
+
+    Both give the same ids. transformers 5 parses a 3.6 MB ``tokenizer.json`` with Python's json four times while
+    loading (0.3-0.6 s on these cores) and the two plain files in a quarter of that: it is the largest part of
+    loading the builtin model. Other tokenizers (not BPE, or not CLIPTokenizer) are left alone (False)."""
+    folder = Path(folder)
+    source, config_file = folder / "tokenizer.json", folder / "tokenizer_config.json"
+    if not (source.is_file() and config_file.is_file()):
+        return False
+    config = json.loads(config_file.read_text())
+    model = json.loads(source.read_text()).get("model", {})
+    if config.get("tokenizer_class") != "CLIPTokenizer" or model.get("type") != "BPE":
+        return False
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    specials = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if k in config}
+    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+    source.unlink()
+    return True

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any
 
 from .devices import DeviceSpec
 from .registry import ModelEntry, ModelLoadError, ModelRegistry
+
+log = logging.getLogger(__name__)
 
 # family -> "module:Class" (imported on first use so that listing models stays cheap)
 FAMILY_CLASSES: dict[str, str] = {
@@ -43,13 +46,21 @@ class ModelCache:
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model_id: str) -> Any:
+    def get(self, model_id: str, warm_up: bool = False) -> Any:
+        """The loaded model (loading it first). ``warm_up``: after loading, run the model's ``warm_up()`` (a tiny
+        generation that pays the first run's one-time costs) while still holding the lock, so a request that
+        comes meanwhile waits for a model that is ready instead of paying them itself."""
         with self._lock:
             if model_id in self._loaded:
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id]
             entry = self.registry.get(model_id)
             model = load_model(entry, self.device)
+            if warm_up and hasattr(model, "warm_up"):
+                try:
+                    model.warm_up()
+                except Exception as exc:  # noqa: BLE001 - a failed warm-up leaves a usable model; the first use says why
+                    log.warning("warm-up run of %s failed: %s", model_id, exc)
             self._loaded[model_id] = model
             while len(self._loaded) > self.max_loaded:
                 self._loaded.popitem(last=False)

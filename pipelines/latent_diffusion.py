@@ -122,7 +122,24 @@ class LatentDiffusion:
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"Could not load {entry.path}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device.device), entry.id, find_taesd(entry.path))
+        model = cls(pipe.to(device.device), entry.id, find_taesd(entry.path))
+        model.folder = entry.path
+        return model
+
+    def warm_up(self) -> None:
+        """A 2-step generation at the native size with the model's default scheduler, trajectory capture and a live
+        preview (the scheduler of its default settings, else its own), thrown away: pays the first run's one-time costs (oneDNN kernel set-up, lazy imports) ahead of
+        the first real request (``ModelCache.get(..., warm_up=True)``)."""
+        from pipelines.default_settings import DefaultSettingsError, read_default_settings
+
+        folder = getattr(self, "folder", None)
+        try:
+            scheduler = read_default_settings(folder)["scheduler"] if folder is not None else None
+        except DefaultSettingsError:
+            scheduler = None
+        req = ImageRequest("warm-up", num_inference_steps=2, seed=0, scheduler=scheduler or None,
+                           capture_trajectory=True)
+        self.generate(req, on_step=lambda event: self.preview.decode_live(event.pred_x0[:1]))
 
     @classmethod
     def load_options(cls, folder: Path) -> dict[str, Any]:

@@ -60,8 +60,9 @@ def warm_up_default_model(services: Services) -> float | None:
 
     ``launch.py`` runs this in a background thread once the server answers, so the page never waits for it. It
     loads through :class:`~pipelines.families.ModelCache`, whose lock serialises loading: a click that comes
-    while it runs waits for this load instead of starting a second one. It runs no model: sampling only goes
-    through the device's one queue.
+    while it runs waits for this load instead of starting a second one. Inside that lock it runs the model's
+    ``warm_up()`` once (a 2-step generation at its native size, where the family has one): the first run's
+    one-time costs (kernel set-up, lazy imports) are paid before anyone clicks; nothing is saved.
     """
     from pipelines.registry import ModelLoadError
 
@@ -70,7 +71,7 @@ def warm_up_default_model(services: Services) -> float | None:
         return None
     started = time.perf_counter()
     try:
-        services.models.get(model_id)
+        services.models.get(model_id, warm_up=True)
     except ModelLoadError as exc:
         log.warning("warm-up: %s", exc)
         return None

@@ -103,6 +103,11 @@ def ship(src: Path, dest: Path, share: Sequence[Path] = (), fp16: bool = True) -
                 link(comp, candidate)
                 linked.append(f"{name} -> {os.readlink(comp)}")
                 break
+    from pipelines.clip_vocab import compact_tokenizer
+
+    for comp in dest.iterdir():
+        if comp.name.startswith("tokenizer") and comp.is_dir() and not comp.is_symlink():
+            compact_tokenizer(comp)  # vocab.json + merges.txt: loads in a quarter of the time
     if fp16:
         for comp in dest.iterdir():
             if comp.is_dir() and not comp.is_symlink():

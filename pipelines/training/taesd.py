@@ -43,6 +43,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-max", type=float, default=0.5,
                         help="a noised copy of each latent gets N(0, s^2) noise, s uniform in [0, this]")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--decoder-blocks", default=None,
+                        help="blocks of the decoder's three stages, e.g. 1,0,0 (default: "
+                             f"{','.join(map(str, TAESD_CFG['num_decoder_blocks']))}); fewer decode faster")
+
+
+def config(args: argparse.Namespace) -> dict[str, Any]:
+    """The AutoencoderTiny config for ``args`` (``TAESD_CFG`` with ``--decoder-blocks`` applied)."""
+    cfg = dict(TAESD_CFG)
+    if getattr(args, "decoder_blocks", None):
+        try:
+            blocks = [int(b) for b in str(args.decoder_blocks).split(",")]
+        except ValueError:
+            blocks = []
+        if len(blocks) != 3 or min(blocks) < 0:
+            raise SystemExit(f"--decoder-blocks wants three counts >= 0 like 1,0,0 (got {args.decoder_blocks!r})")
+        cfg["num_decoder_blocks"] = blocks
+    return cfg
 
 
 def _renders(n: int, seed: int) -> torch.Tensor:
@@ -121,7 +138,8 @@ def main(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     common.seed_everything(args.seed)
     teacher = AutoencoderKL.from_pretrained(args.teacher).eval().requires_grad_(False)
-    student = AutoencoderTiny(**TAESD_CFG)
+    cfg = config(args)
+    student = AutoencoderTiny(**cfg)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
     ckpt = common.Checkpointer(args.run_dir, args.checkpoint_every)
     state = ckpt.load(student, opt) if args.resume else None
@@ -154,7 +172,7 @@ def main(args: argparse.Namespace) -> Path:
         log.log(step, loss=float(loss.detach()), decoder=float(dec.detach()), encoder=float(enc.detach()))
         bar.update(1)
         if ckpt.due(step) or step == stop:
-            ckpt.save(step, student, opt, extra={"config": TAESD_CFG})
+            ckpt.save(step, student, opt, extra={"config": cfg})
     bar.close()
     out = Path(args.out or Path(args.run_dir) / "taesd")
     student.eval()

@@ -169,3 +169,33 @@ def test_locked_text_training_changes_only_the_image_tower(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in text)
     visual = [k for k in after if k.startswith("visual.") and after[k].is_floating_point()]
     assert any(after[k].shape != before[k].shape or not torch.equal(after[k], before[k]) for k in visual)
+
+
+def test_a_saved_tokenizer_compacts_to_vocab_and_merges_with_the_same_ids(tokenizer, tmp_path):
+    """transformers 5 saves a CLIP tokenizer as tokenizer.json; ``compact_tokenizer`` rewrites it as vocab.json +
+    merges.txt (real SD's layout, 4x faster to load) giving the same ids; other tokenizers are left alone."""
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    from pipelines.clip_vocab import compact_tokenizer, write_hf_clip_tokenizer
+
+    saved = tmp_path / "saved"
+    CLIPTokenizer.from_pretrained(write_hf_clip_tokenizer(tmp_path / "tok", mini_clip.CONTEXT_LENGTH, "!")
+                                  ).save_pretrained(saved)
+    assert (saved / "tokenizer.json").is_file() and not (saved / "vocab.json").exists()
+    assert compact_tokenizer(saved)
+    assert sorted(p.name for p in saved.iterdir()) == ["merges.txt", "special_tokens_map.json",
+                                                        "tokenizer_config.json", "vocab.json"]
+    compacted = CLIPTokenizer.from_pretrained(saved)
+    ids = compacted(PROMPTS, padding="max_length", max_length=mini_clip.CONTEXT_LENGTH, truncation=True,
+                    return_tensors="pt").input_ids
+    assert torch.equal(ids, tokenizer(PROMPTS)) and compacted.pad_token_id == mini_clip.PAD_ID
+    assert not compact_tokenizer(saved)  # nothing left to compact
+    other = tmp_path / "other"  # a word-level tokenizer (the tones world's kind) stays as it is
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    word = Tokenizer(models.WordLevel({"[UNK]": 0, "beep": 1}, unk_token="[UNK]"))
+    word.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=word, unk_token="[UNK]").save_pretrained(other)
+    assert not compact_tokenizer(other) and (other / "tokenizer.json").is_file()
+    assert AutoTokenizer.from_pretrained(other)("beep").input_ids == [1]

@@ -131,3 +131,35 @@ def test_broken_folder_message_names_the_file(model_copy, damage, named):
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("model_id", ["local/tiny-sd", "local/tiny-sd3"])
+def test_a_warm_up_load_runs_a_tiny_generation_inside_the_cache_lock(tiny_models_dir, monkeypatch, model_id):
+    """``get(..., warm_up=True)`` loads and runs the model's 2-step warm-up before handing it out (a diffusion
+    model with its default-settings scheduler, a flow model with its own); a plain ``get`` does not."""
+    runs: list[ImageRequest] = []
+    original = LatentDiffusion.generate
+
+    def spy(self, req, *args, **kwargs):
+        runs.append(req)
+        return original(self, req, *args, **kwargs)
+
+    monkeypatch.setattr(LatentDiffusion, "generate", spy)
+    cache = ModelCache(ModelRegistry(builtin_dir=None, user_dir=tiny_models_dir), resolve_device("cpu"))
+    model = cache.get(model_id, warm_up=True)
+    assert [(r.num_inference_steps, r.capture_trajectory) for r in runs] == [(2, True)]
+    assert cache.get(model_id, warm_up=True) is model and len(runs) == 1  # loaded once, warmed once
+    cache.forget(model_id)
+    cache.get(model_id)
+    assert len(runs) == 1
+
+
+def test_a_failed_warm_up_still_hands_out_the_model(tiny_models_dir, monkeypatch, caplog):
+    def broken(self):
+        raise RuntimeError("no kernels today")
+
+    monkeypatch.setattr(LatentDiffusion, "warm_up", broken)
+    cache = ModelCache(ModelRegistry(builtin_dir=None, user_dir=tiny_models_dir), resolve_device("cpu"))
+    model = cache.get("local/tiny-sd", warm_up=True)
+    assert isinstance(model, LatentDiffusion) and "no kernels today" in caplog.text
+    assert len(model.generate(ImageRequest("a red circle", num_inference_steps=2, seed=1)).images) == 1
