@@ -25,6 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder of training runs started from the Train tab (default: runs/ beside --gallery-dir)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                         help="where models run: auto picks CUDA, then MPS, then CPU (default auto)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                        help="the models' number format: auto is float16 on a GPU, float32 on the CPU (default auto)")
+    parser.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default="off",
+                        help="torch.compile each model's UNet/transformer with this mode when it loads (default off; "
+                             "the first run of each size compiles: seconds on a GPU, minutes on a CPU)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab on start")
     parser.add_argument("--no-hf-cache", action="store_true",
                         help="do not list models found in the Hugging Face cache")
@@ -93,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     from studio.settings import Settings
 
     settings = Settings(host=args.host, port=args.port, models_dir=args.models_dir, gallery_dir=args.gallery_dir,
-                        db_url=args.db_url, runs_dir=args.runs_dir, device=args.device, open_browser=not args.no_browser,
+                        db_url=args.db_url, runs_dir=args.runs_dir, device=args.device, dtype=args.dtype,
+                        compile=args.compile, open_browser=not args.no_browser,
                         use_hf_cache=not args.no_hf_cache)
     from studio.gallery import GalleryError
     from studio.services import build_services

@@ -7,7 +7,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from .devices import DeviceSpec
+from .devices import DeviceSpec, compile_denoiser
 from .registry import ModelEntry, ModelLoadError, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class ModelCache:
                 return self._loaded[model_id]
             entry = self.registry.get(model_id)
             model = load_model(entry, self.device)
+            compile_denoiser(model, self.device)  # --compile: compiled in place (the warm-up run compiles it)
             if warm_up and hasattr(model, "warm_up"):
                 try:
                     model.warm_up()

@@ -41,7 +41,7 @@ class Services:
 
 def build_services(settings: Settings) -> Services:
     """Open the gallery (raises GalleryError) and set up the registry and model cache."""
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, settings.dtype, settings.compile)
     gallery = Gallery.open(Path(settings.gallery_dir), settings.db_url)
     hf_cache = settings.hf_cache_dir or (default_hf_cache() if settings.use_hf_cache else None)
     registry = ModelRegistry(

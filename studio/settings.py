@@ -15,6 +15,8 @@ class Settings:
     db_url: Optional[str] = None  # any SQLAlchemy URL; None: sqlite file inside gallery_dir
     runs_dir: Optional[Path] = None  # Train-tab runs; None: runs/ beside gallery_dir
     device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "auto"  # auto (float16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16
+    compile: str = "off"  # off | a torch.compile mode for each model's denoiser
     open_browser: bool = True  # open a browser tab once the server is up
     builtin_models_dir: Optional[Path] = None  # None: the repo's assets/models
     hf_cache_dir: Optional[Path] = None  # None: huggingface_hub's default cache
