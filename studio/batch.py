@@ -48,9 +48,8 @@ from pipelines.text_limits import has_visible_text
 
 from .forms import number
 from .gallery import Gallery, GalleryError
-from .sweeps import MODEL_DEFAULT, SWEEP_KIND, build_sweep_spec, group_data, save_cell, start_group
+from .sweeps import BATCH_KIND, MODEL_DEFAULT, SWEEP_KIND, build_sweep_spec, group_data, save_cell, start_group
 
-BATCH_KIND = "prompt_batch"  # a group of prompts x seeds (same data layout as a sweep: settings, cells, points)
 MAX_BATCH_CELLS = 256  # every cell travels to every process once before the merge
 
 

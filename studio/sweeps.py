@@ -22,7 +22,8 @@ from pipelines.text_limits import has_visible_text
 
 SWEEP_KIND = "guidance_sweep"
 SAMPLER_KIND = "sampler_grid"
-KINDS = {SWEEP_KIND: "guidance sweep", SAMPLER_KIND: "sampler comparison"}
+BATCH_KIND = "prompt_batch"  # prompts x seeds from ``python -m studio.batch`` (a sweep's data layout)
+KINDS = {SWEEP_KIND: "guidance sweep", SAMPLER_KIND: "sampler comparison", BATCH_KIND: "prompt batch"}
 MODEL_DEFAULT = "model default"
 # The metrics every cell carries, with their plot titles.
 METRIC_TITLES = {

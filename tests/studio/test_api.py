@@ -95,6 +95,26 @@ def test_guidance_sweep_through_the_api_is_one_saved_group_that_reopens(client, 
     assert len(reopened[1]["value"]) == 2 and reopened[1]["columns"] == 2
 
 
+def test_a_prompt_batch_from_the_command_line_reopens_in_the_guidance_explorer(client, studio, capsys):
+    """``python -m studio.batch`` writes into the running studio's gallery; the Guidance Explorer reopens the batch
+    (the Gallery tab's "Open its sweep" button leads there too)."""
+    from studio import batch
+
+    prompts = studio.gallery_dir.parent / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n", encoding="utf-8")
+    assert batch.main(["--model", "local/tiny-sd", "--prompts-file", str(prompts), "--seeds", "0,1", "--steps", "2",
+                       "--scheduler", "ddim", "--device", "cpu", "--no-hf-cache", "--models-dir",
+                       str(studio.models_dir), "--gallery-dir", str(studio.gallery_dir)]) == 0
+    gallery = Gallery.open(studio.gallery_dir)
+    try:
+        group = next(g for g in gallery.groups() if g.kind == batch.BATCH_KIND)
+    finally:
+        gallery.close()
+    reopened = client.predict(group.id, api_name="/guidance_open")
+    assert reopened[0].startswith(f"Reopened prompt batch #{group.id} (done): 4 cells")
+    assert len(reopened[1]["value"]) == 4
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({3: ""}, "Give at least one scale"),
     ({3: "1, strong"}, "'strong' is not a number"),
