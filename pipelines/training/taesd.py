@@ -29,7 +29,9 @@ TAESD_CFG: dict[str, Any] = {
     "in_channels": 3, "out_channels": 3, "latent_channels": 4,
     # 16 channels: a 16x16x4 -> 64x64 preview decode costs about a quarter of the teacher's (batch 1, CPU)
     "encoder_block_out_channels": [16, 16, 16], "num_encoder_blocks": [1, 2, 2],  # two stride-2 stages: 4x
-    "decoder_block_out_channels": [16, 16, 16], "num_decoder_blocks": [3, 2, 0],  # two 2x upsamples: 4x
+    # two 2x upsamples: 4x. One block at 16 and at 32 px: a live preview at every step costs 1.2-1.5 ms of a
+    # 25 ms step inside the sampling loop (3 + 2 blocks: 2.1 ms) for 31.2 dB against the VAE (3 + 2: 32.1 dB).
+    "decoder_block_out_channels": [16, 16, 16], "num_decoder_blocks": [1, 1, 0],
     "latent_magnitude": 3, "latent_shift": 0.5, "scaling_factor": 1.0,
 }
 EVAL_SEED = 424_242
