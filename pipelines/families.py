@@ -60,7 +60,8 @@ class ModelCache:
             if warm_up and hasattr(model, "warm_up"):
                 try:
                     model.warm_up()
-                except Exception as exc:  # noqa: BLE001 - a failed warm-up leaves a usable model; the first use says why
+                except Exception as exc:  # noqa: BLE001 - a failed warm-up leaves a usable model
+                    # (a real request that fails the same way says why)
                     log.warning("warm-up run of %s failed: %s", model_id, exc)
             self._loaded[model_id] = model
             while len(self._loaded) > self.max_loaded:

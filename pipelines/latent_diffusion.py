@@ -127,9 +127,9 @@ class LatentDiffusion:
         return model
 
     def warm_up(self) -> None:
-        """A 2-step generation at the native size with the model's default scheduler, trajectory capture and a live
-        preview (the scheduler of its default settings, else its own), thrown away: pays the first run's one-time costs (oneDNN kernel set-up, lazy imports) ahead of
-        the first real request (``ModelCache.get(..., warm_up=True)``)."""
+        """A 2-step generation at the native size (the scheduler of the model's default settings, else its own),
+        with trajectory capture and a live preview, thrown away: pays the first run's one-time costs (oneDNN
+        kernel set-up, lazy imports) ahead of the first real request (``ModelCache.get(..., warm_up=True)``)."""
         from pipelines.default_settings import DefaultSettingsError, read_default_settings
 
         folder = getattr(self, "folder", None)

@@ -130,9 +130,9 @@ def fts5_expression(raw: str, last_terms: Sequence[str] | None = None) -> str | 
 
     Every word is a double-quoted string (inner quotes doubled), the last word is a prefix query, and words are
     ANDed, in the two prompt columns only (``TEXT_COLUMNS``: the index's third column holds facet terms, see
-    :func:`facet_terms`). ``last_terms``: the index's terms that start with the last word, when the caller looked them up; the
-    last word then becomes those exact terms ORed (an FTS5 prefix query copies the doclists of all its terms
-    before it returns the first row; exact terms are read lazily, newest first).
+    :func:`facet_terms`). ``last_terms``: the index's terms that start with the last word, when the caller
+    looked them up; the last word then becomes those exact terms ORed (an FTS5 prefix query copies the doclists
+    of all its terms before it returns the first row; exact terms are read lazily, newest first).
     """
     words = fts5_words(raw)
     if not words:

@@ -18,7 +18,7 @@ match a facet term.
 The index keeps ``content_rowid='id'`` but reads its content from the view ``generations_fts_source`` (the
 prompts plus the facet text computed from the row), so FTS5's ``rebuild`` and ``integrity-check`` still work; the
 triggers now also re-index a row when one of its filter values changes. Upgrading re-indexes every row once
-(about 15 s at a million rows on two cores).
+(measured on two cores: 4.5 s at a million rows, 0.5 s at 100k).
 """
 
 from __future__ import annotations
