@@ -27,6 +27,7 @@ def in_text(expression: str) -> str:
     """``expression`` searched in the prompt columns only (the index's third column holds facet terms)."""
     return "{prompt negative_prompt} : (" + expression + ")"
 
+
 def _prompt(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5)))
 

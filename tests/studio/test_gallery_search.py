@@ -72,6 +72,7 @@ def in_text(expression: str) -> str:
     """``expression`` searched in the prompt columns only (the index's third column holds facet terms)."""
     return "{prompt negative_prompt} : (" + expression + ")"
 
+
 def _prompts(gal: Gallery, **kwargs) -> list[str]:
     """Prompts of the first page for a query built from ``kwargs``."""
     rows, _ = gal.search(GalleryQuery(**kwargs))
