@@ -53,14 +53,20 @@ class Studio:
     ready_s: float = 0.0  # start -> GET / answered 200
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def terminate(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    """Stop a studio process: SIGTERM, then SIGKILL after ``timeout`` seconds (also used by the test fixtures)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _answers(url: str) -> bool:

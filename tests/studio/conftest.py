@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.launch import terminate
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -48,12 +50,7 @@ class StudioProcess:
         return (self.gallery_dir.parent / f"studio-{self.port}.log").read_text()[-3000:]
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc)
         self.log.close()
 
 
