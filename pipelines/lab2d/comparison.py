@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .data import DATASETS, sample_dataset
-from .sampling import distance, sample, straightness
+from .sampling import ROWS, distance, sample, straightness
 from .training import (DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_REFLOW_STEPS, DEFAULT_TRAIN_STEPS, Lab, train_ddpm,
                        train_flow, train_reflow)
 
@@ -22,12 +22,13 @@ DEFAULT_STEPS = (1, 2, 4, 8, 16, 50)
 class Comparison:
     """What :func:`compare` measured.
 
-    ``table``: one dict per (model, steps): ``{"model": "ddpm"|"flow"|"reflow", "steps": int,
-    "distance": float, "straightness": float}``, grouped by model in :data:`MODELS` order, steps
-    ascending. ``losses[model]`` and ``seconds[model]``: each model's training loss history and
-    training wall time (reflow's includes generating its pairs). ``labs[model]``: the trained
-    :class:`Lab`. ``trajectories[model][steps]``: the (steps + 1, n, 2) trajectory behind each row
-    (every row starts from the same noise). ``data``: the fresh data points the distances are measured
+    ``table``: one dict per (row, steps): ``{"model": "ddpm"|"ddim"|"flow"|"reflow", "steps": int,
+    "distance": float, "straightness": float}``, grouped by row in :data:`ROWS` order ("ddpm" is the
+    DDPM network with its ancestral sampler, "ddim" the same network with DDIM), steps ascending.
+    ``losses[model]`` and ``seconds[model]``: each trained model's training loss history and training
+    wall time (reflow's includes generating its pairs). ``labs[model]``: the trained :class:`Lab`.
+    ``trajectories[row][steps]``: the (steps + 1, n, 2) trajectory behind each row (every row starts
+    from the same noise). ``data``: the fresh data points the distances are measured
     to; ``floor``: the distance between two independent data samples of that size (what a perfect
     model would score). ``threads``: torch threads during training.
     """
@@ -45,7 +46,17 @@ class Comparison:
 
     @property
     def models(self) -> list[str]:
+        """The trained models ("ddpm", "flow", "reflow")."""
         return list(self.labs)
+
+    @property
+    def rows(self) -> list[str]:
+        """The sampled rows ("ddpm", "ddim", "flow", "reflow"): :data:`ROWS` whose model was trained."""
+        return list(self.trajectories)
+
+    def model_of(self, row: str) -> str:
+        """The trained model behind a row ("ddim" -> "ddpm")."""
+        return next(kind for name, kind, _ in ROWS if name == row)
 
 
 def compare(dataset: str = "two_moons", train_steps: int = DEFAULT_TRAIN_STEPS,
@@ -56,8 +67,9 @@ def compare(dataset: str = "two_moons", train_steps: int = DEFAULT_TRAIN_STEPS,
             should_stop: Optional[Callable[[], bool]] = None, threads: Optional[int] = 1) -> Comparison:
     """Train a DDPM and a flow model on ``dataset`` (same data, seed and initial weights), and with
     ``reflow`` also a reflow of the flow model (:func:`train_reflow`, ``reflow_steps`` steps); sample
-    ``n_samples`` points from each at every step count in ``steps`` from the same noise; measure the
-    distance to fresh data and the straightness of the trajectories.
+    ``n_samples`` points from each (the DDPM twice: with its ancestral sampler and with DDIM, see
+    :data:`ROWS`) at every step count in ``steps`` from the same noise; measure the distance to fresh
+    data and the straightness of the trajectories.
 
     ``on_step(model, step, loss)``, model "ddpm", "flow" or "reflow", is called after every training
     step (the models train one after the other, in that order). ``should_stop()`` is polled every
@@ -85,12 +97,15 @@ def compare(dataset: str = "two_moons", train_steps: int = DEFAULT_TRAIN_STEPS,
     reference = sample_dataset(dataset, n_samples, seed + 1000)
     floor = distance(sample_dataset(dataset, n_samples, seed + 2000), reference)
     table: list[dict[str, Any]] = []
-    trajectories: dict[str, dict[int, np.ndarray]] = {k: {} for k in labs}
-    for kind, lab in labs.items():
+    trajectories: dict[str, dict[int, np.ndarray]] = {}
+    for row, kind, sampler in ROWS:
+        if kind not in labs:
+            continue
+        trajectories[row] = {}
         for s in steps:
-            final, traj = sample(lab, n_samples, s, seed=seed)
-            trajectories[kind][s] = traj
-            table.append({"model": kind, "steps": s, "distance": distance(final, reference),
+            final, traj = sample(labs[kind], n_samples, s, seed=seed, sampler=sampler)
+            trajectories[row][s] = traj
+            table.append({"model": row, "steps": s, "distance": distance(final, reference),
                           "straightness": straightness(traj)})
     return Comparison(dataset=dataset, table=table, losses={k: lab.losses for k, lab in labs.items()},
                       seconds={k: lab.seconds for k, lab in labs.items()}, labs=labs, trajectories=trajectories,
@@ -100,7 +115,8 @@ def compare(dataset: str = "two_moons", train_steps: int = DEFAULT_TRAIN_STEPS,
 def format_table(result: Comparison) -> str:
     """The comparison as a plain-text table, with training seconds, losses and the distance floor."""
     lines = [f"dataset {result.dataset}: distance = energy distance to {len(result.data)} fresh data points "
-             f"(floor, data vs data: {result.floor:.4f}); straightness 1.0 = straight paths",
+             f"(floor, data vs data: {result.floor:.4f}); straightness 1.0 = straight paths; "
+             "ddpm = the DDPM with its ancestral sampler, ddim = the same network with DDIM",
              f"{'model':<6} {'steps':>5} {'distance':>9} {'straightness':>12}"]
     for row in result.table:
         lines.append(f"{row['model']:<6} {row['steps']:>5d} {row['distance']:>9.4f} {row['straightness']:>12.4f}")

@@ -1,9 +1,9 @@
-"""Sampling the 2-D lab's models (:func:`sample`: DDIM for the DDPM, Euler for the flows, every state recorded)
-and the measures of what comes out (:func:`straightness` of trajectories, :func:`distance` to data)."""
+"""Sampling the 2-D lab's models (:func:`sample`: the DDPM's ancestral sampler or DDIM for the DDPM, Euler for the
+flows, every state recorded; :data:`ROWS`, the model/sampler pairs the lab compares) and the measures of what comes out (:func:`straightness` of trajectories, :func:`distance` to data)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -12,6 +12,13 @@ from .models import MLP, MODELS, NUM_TRAIN_TIMESTEPS
 
 if TYPE_CHECKING:
     from .training import Lab
+
+
+# The lab's rows: (row name, model kind, sampler). The DDPM network is sampled twice: with its own ancestral
+# sampler (Ho et al. 2020, Algorithm 2: fresh noise added at every step) and with deterministic DDIM (the
+# probability-flow ODE of the same network).
+ROWS = (("ddpm", "ddpm", "ddpm"), ("ddim", "ddpm", "ddim"), ("flow", "flow", "euler"), ("reflow", "reflow", "euler"))
+SAMPLERS = {"ddpm": ("ddpm", "ddim"), "flow": ("euler",), "reflow": ("euler",)}
 
 
 @torch.no_grad()
@@ -46,32 +53,45 @@ def time_grid(model: Lab, steps: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def sample(model: Lab, n: int, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sample(model: Lab, n: int, steps: int, seed: int = 0,
+           sampler: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
     """Sample ``n`` points with ``steps`` network evaluations and record every state.
 
     Returns ``(final, trajectory)``: ``final`` (n, 2) float32, and ``trajectory`` (steps + 1, n, 2)
     float32 with ``trajectory[0]`` the starting noise and ``trajectory[-1] == final``.
-    The starting noise depends on ``seed`` and ``n`` only, so a DDPM and a flow model sampled with the
-    same seed start from the same particles. Both samplers are deterministic ODE solvers:
+    The starting noise depends on ``seed`` and ``n`` only, so every model and sampler sampled with the
+    same seed starts from the same particles. ``sampler`` (None = the model's own, the first of
+    :data:`SAMPLERS` for its kind):
 
-    - DDPM: DDIM with eta = 0 (Song et al. 2021, eq. 12): ``x0_hat = (x_t - sqrt(1 - abar_t) eps) /
-      sqrt(abar_t)``, then ``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps`` on the
-      trailing timesteps of :func:`ddim_timesteps`; the last step goes to abar = 1 (lands on x0_hat).
-      The same states as diffusers' ``DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True,
-      clip_sample=False)`` with eta = 0 when ``steps`` divides T (otherwise diffusers steps to
-      ``t - T // steps`` rather than to the next listed timestep).
-    - Flow and reflow: Euler steps of ``dx/dt = v(x, t)`` from t = 1 to 0 on a uniform grid:
-      ``x_{t'} = x_t + (t' - t) v(x_t, t)``.
+    - ``"ddpm"`` (DDPM models): the DDPM's ancestral sampler (Ho et al. 2020, Algorithm 2) on the
+      trailing timesteps of :func:`ddim_timesteps`: ``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 -
+      abar_prev - s^2) eps + s z`` with the posterior's ``s^2 = (1 - abar_prev) / (1 - abar_t) (1 -
+      abar_t / abar_prev)`` and fresh noise ``z`` (drawn from a generator seeded by ``seed``), i.e.
+      DDIM with eta = 1, diffusers' ``DDIMScheduler.step(eta=1.0)``; with all T steps it is exactly
+      Algorithm 2. A stochastic path: the particles jitter on their way.
+    - ``"ddim"`` (DDPM models): DDIM with eta = 0 (Song et al. 2021, eq. 12): ``x0_hat = (x_t -
+      sqrt(1 - abar_t) eps) / sqrt(abar_t)``, then ``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 -
+      abar_prev) eps``; the last step goes to abar = 1 (lands on x0_hat). The same states as
+      diffusers' ``DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True,
+      clip_sample=False)`` with eta = 0 when ``steps`` divides T (otherwise diffusers steps to ``t - T
+      // steps`` rather than to the next listed timestep). A deterministic ODE solver.
+    - ``"euler"`` (flow and reflow): Euler steps of ``dx/dt = v(x, t)`` from t = 1 to 0 on a uniform
+      grid: ``x_{t'} = x_t + (t' - t) v(x_t, t)``.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if model.kind not in SAMPLERS:
+        raise ValueError(f"unknown model kind {model.kind!r}; expected one of {MODELS}")
+    sampler = sampler or SAMPLERS[model.kind][0]
+    if sampler not in SAMPLERS[model.kind]:
+        raise ValueError(f"a {model.kind} model samples with {' or '.join(SAMPLERS[model.kind])}, not {sampler!r}")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 2, generator=gen)
     states = [x]
     net = model.net
-    if model.kind in ("flow", "reflow"):
+    if sampler == "euler":
         states = _euler(net, x, steps)
-    elif model.kind == "ddpm":
+    else:
         abar = model.alphas_cumprod
         T = len(abar)
         timesteps = ddim_timesteps(steps, T)
@@ -80,10 +100,11 @@ def sample(model: Lab, n: int, steps: int, seed: int = 0) -> tuple[np.ndarray, n
             a_prev = float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
             eps = net(x, torch.tensor(t / T))
             x0_hat = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
-            x = math.sqrt(a_prev) * x0_hat + math.sqrt(1.0 - a_prev) * eps
+            var = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev) if sampler == "ddpm" else 0.0
+            x = math.sqrt(a_prev) * x0_hat + math.sqrt(max(1.0 - a_prev - var, 0.0)) * eps
+            if var > 0.0:
+                x = x + math.sqrt(var) * torch.randn(x.shape, generator=gen)
             states.append(x)
-    else:
-        raise ValueError(f"unknown model kind {model.kind!r}; expected one of {MODELS}")
     trajectory = torch.stack(states).numpy().astype(np.float32)
     return trajectory[-1].copy(), trajectory
 

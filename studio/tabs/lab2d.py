@@ -22,19 +22,22 @@ if TYPE_CHECKING:  # pipelines.lab2d imports torch: the section loads it when it
 
 STEP_CHOICES = (1, 2, 4, 8, 16, 50)
 PANEL = 240            # px per model panel in the animation
-MODEL_COLOURS = {"ddpm": (214, 39, 40), "flow": (31, 119, 180), "reflow": (44, 160, 44)}
+MODEL_COLOURS = {"ddpm": (214, 39, 40), "ddim": (148, 103, 189), "flow": (31, 119, 180), "reflow": (44, 160, 44)}
 HOW = """Both models learn to turn Gaussian noise into the dataset. The **DDPM** learns to
-predict the noise ε in x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε and samples with deterministic DDIM steps; the **flow** model
+predict the noise ε in x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε and samples with its own ancestral sampler (row *ddpm*:
+fresh noise added at every step, so its particles jitter) and, as row *ddim*, with deterministic DDIM steps
+(the same network as an ODE); the **flow** model
 learns the velocity v = ε − x₀ along the straight line x_t = (1−t)·x₀ + t·ε and samples by Euler steps
 x_{t−Δt} = x_t − Δt·v_θ(x_t, t); **reflow** retrains the flow on its own (noise, sample) pairs so its paths
-straighten further. *Straightness* = start-to-end distance ÷ path length (1 = a straight line); *distance* is the
+straighten further. (On these unit-scale sets plain flow's paths bend more than DDIM's: its linear path
+pulls the cloud inwards half-way; reflow is what makes them straight.) *Straightness* = start-to-end distance ÷ path length (1 = a straight line); *distance* is the
 energy distance from the samples to fresh data (lower is better; the floor is two data samples' distance)."""
 
 
 def render_animation(result: "lab2d.Comparison", steps: int, n_points: int = 600, frames: int = 26) -> str:
     """An animated GIF: one panel per model, every particle moving from noise (t=1) to its sample (t=0) along the
     sampler's own trajectory at ``steps`` steps, the data shown faintly behind. Returns the file path."""
-    models = result.models
+    models = result.rows
     trajs = {m: result.trajectories[m][steps][:, :n_points] for m in models}
     lim = float(np.percentile(np.abs(np.concatenate([t.reshape(-1, 2) for t in trajs.values()])), 99.5)) * 1.05 + 1e-6
     lim = max(lim, float(np.abs(result.data).max()) * 1.05)
@@ -93,7 +96,9 @@ def summary(result: "lab2d.Comparison") -> str:
     most = max(r["steps"] for r in result.table)
     parts = [f"{m}: straightness **{rows[(m, most)]['straightness']:.3f}**, distance at 1 step "
              f"{rows[(m, min(r['steps'] for r in result.table))]['distance']:.3f} → at {most} steps "
-             f"**{rows[(m, most)]['distance']:.3f}** (trained in {result.seconds[m]:.1f} s)" for m in result.models]
+             f"**{rows[(m, most)]['distance']:.3f}** ("
+             + (f"trained in {result.seconds[m]:.1f} s)" if m in result.seconds else f"the {result.model_of(m)} network)")
+             for m in result.rows]
     note = " (stopped early: the rest was not trained)" if result.stopped else ""
     return (f"**{result.dataset}**{note} · distance floor (two data samples) {result.floor:.4f}<br>"
             + "<br>".join(parts))

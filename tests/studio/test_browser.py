@@ -220,4 +220,4 @@ def test_two_d_lab_trains_ddpm_and_flow_and_shows_the_measures(studio, page):
     page.wait_for_selector("#lab-animation img", timeout=30_000)
     page.wait_for_function("document.querySelector('#lab-table').innerText.includes('reflow')", timeout=30_000)
     table = page.locator("#lab-table").inner_text()
-    assert all(word in table for word in ("ddpm", "flow", "distance", "straightness"))
+    assert all(word in table for word in ("ddpm", "ddim", "flow", "distance", "straightness"))
