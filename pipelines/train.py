@@ -93,7 +93,16 @@ def parse_args(argv: Sequence[str], targets: dict[str, str] = TARGETS,
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
-    args, func = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, func = parse_args(argv)
+    if getattr(sys.modules.get(func.__module__), "ACCELERATED", False):
+        from pipelines.training.cpu_launch import spread_cpu_launch
+
+        code = spread_cpu_launch("pipelines.train", argv)  # `accelerate launch --cpu --num_processes N`
+        if code is not None:
+            if code:
+                raise SystemExit(code)
+            return None
     return func(args)
 
 

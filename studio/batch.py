@@ -3,8 +3,8 @@ and merged into one gallery group.
 
     python -m studio.batch --model builtin/shapes-ldm --prompt "a red circle" --scales 1,3,5 --seeds 0,1
     python -m studio.batch --model builtin/shapes-ldm --prompts-file prompts.txt --seeds 0,1,2
-    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
-        -m studio.batch ... --device cpu        # two CPU processes over gloo (one process per GPU: --device cuda)
+    accelerate launch --cpu --num_processes 2 -m studio.batch ...     # two CPU processes over gloo
+    accelerate launch --multi_gpu --num_processes 2 -m studio.batch ... --device cuda   # one process per GPU
 
 A sweep's cells are planned exactly as the Guidance Explorer plans them (rows = seeds, columns = scales); a prompt
 batch's rows are the prompts and its columns the seeds. ``PartialState.split_between_processes`` hands each
@@ -45,6 +45,7 @@ from pipelines.registry import BUILTIN_MODELS_DIR, ModelLoadError, ModelRegistry
 from pipelines.requests import ImageRequest, validate_image_request
 from pipelines.schedulers import SCHEDULERS
 from pipelines.text_limits import has_visible_text
+from pipelines.training.cpu_launch import spread_cpu_launch
 
 from .forms import number
 from .gallery import Gallery, GalleryError
@@ -241,8 +242,9 @@ def _start_state(device: DeviceSpec) -> tuple[Any, bool]:
     state = PartialState(cpu=device.device == "cpu")
     if (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and "MASTER_ADDR" in os.environ
             and state.num_processes == 1):
-        print("note: `accelerate launch --cpu --num_processes N` starts ONE process unless MPI is set up; for N CPU "
-              "processes over gloo use `accelerate launch --multi_gpu --num_processes N ... --device cpu`")
+        print("note: `accelerate launch --cpu --num_processes N` started ONE process and it could not be spread "
+              "(see pipelines.training.cpu_launch); for N CPU processes over gloo use "
+              "`accelerate launch --multi_gpu --num_processes N ... --device cpu`")
     return state, fresh
 
 
@@ -350,6 +352,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if main_env:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    spread = spread_cpu_launch("studio.batch", list(sys.argv[1:] if argv is None else argv))
+    if spread is not None:  # `accelerate launch --cpu --num_processes N`: the N ranks did the job
+        return spread
     state, fresh = _start_state(device)
     gallery = None
     try:

@@ -31,7 +31,8 @@ widths, layers and text-time embedding are then read from that folder's config u
 
 Scale-out with Hugging Face ``accelerate`` (:mod:`pipelines.training.accel`): the same command runs as one
 plain process (today's numerics, bit for bit) or under ``accelerate launch`` (one process per GPU; or CPU
-processes over gloo: ``accelerate launch --multi_gpu --num_processes 2 -m pipelines.train ldm --device cpu``).
+processes over gloo: ``accelerate launch --cpu --num_processes 2 -m pipelines.train ldm``, spread to two ranks
+by :mod:`pipelines.training.cpu_launch`, or ``--multi_gpu --num_processes 2 ... --device cpu``).
 Each process draws its own batches, from ``step_rng(seed, step, stream=rank * grad_accum + micro)`` (stream 0,
 rank 0's only micro-batch, is the single-process batch), so one optimisation step sees a global batch of
 ``--batch-size x processes x --grad-accum`` samples; the LR is not rescaled for you. ``--mixed-precision

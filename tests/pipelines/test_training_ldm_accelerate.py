@@ -51,10 +51,10 @@ def one_process(pool, tmp_path_factory) -> Path:
     return run
 
 
-def _launch(run: Path, pool: Path, *extra: str, processes: int = 2) -> subprocess.CompletedProcess:
+def _launch(run: Path, pool: Path, *extra: str, processes: int = 2, cpu: bool = False) -> subprocess.CompletedProcess:
     """``accelerate launch`` of the trainer on CPU ranks (see tests/accelerate_launch.py)."""
     proc = accelerate_launch(run.parent / f"{run.name}-accelerate.yaml", "pipelines.train",
-                             *_args(run, pool, "--device", "cpu", *extra), processes=processes)
+                             *_args(run, pool, "--device", "cpu", *extra), processes=processes, cpu=cpu)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -65,13 +65,15 @@ def _halves(values: list[float]) -> tuple[float, float]:
 
 
 def test_two_cpu_processes_under_accelerate_launch(pool, one_process, tmp_path):
+    """``accelerate launch --cpu --num_processes 2 -m pipelines.train ldm ...``: two CPU ranks over gloo."""
     from diffusers import UNet2DConditionModel
 
     from pipelines.training.ldm import export_unet
 
     two = tmp_path / "two"
     _seed_text(one_process, two)
-    _launch(two, pool, "--steps", str(STEPS), "--grad-accum", "2", "--checkpoint-every", "12")
+    proc = _launch(two, pool, "--steps", str(STEPS), "--grad-accum", "2", "--checkpoint-every", "12", cpu=True)
+    assert "starting 2 CPU processes" in proc.stdout
     one_log, two_log = _log(one_process / "loss.jsonl"), _log(two / "loss.jsonl")
     for log in (one_log, two_log):  # one record a step, written once (by the main process)
         assert [r["step"] for r in log] == list(range(1, STEPS + 1))

@@ -59,16 +59,18 @@ def one_process(models, tmp_path_factory):
     return gallery_dir
 
 
-def _launch(tmp: Path, *argv: str, processes: int = 2) -> subprocess.CompletedProcess:
+def _launch(tmp: Path, *argv: str, processes: int = 2, cpu: bool = False) -> subprocess.CompletedProcess:
     """``accelerate launch`` of ``studio.batch`` on CPU ranks (see tests/accelerate_launch.py)."""
-    return accelerate_launch(tmp / "accelerate.yaml", "studio.batch", *argv, processes=processes)
+    return accelerate_launch(tmp / "accelerate.yaml", "studio.batch", *argv, processes=processes, cpu=cpu)
 
 
-def test_two_cpu_processes_merge_into_one_sweep_group(models, one_process, tmp_path):
+@pytest.mark.parametrize("cpu", [False, True], ids=["multi_gpu-device-cpu", "cpu-num_processes-2"])
+def test_two_cpu_processes_merge_into_one_sweep_group(models, one_process, tmp_path, cpu):
     gallery_dir = tmp_path / "gallery"
-    proc = _launch(tmp_path, *SWEEP, "--models-dir", str(models), "--gallery-dir", str(gallery_dir))
+    proc = _launch(tmp_path, *SWEEP, "--models-dir", str(models), "--gallery-dir", str(gallery_dir), cpu=cpu)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = proc.stdout
+    assert ("starting 2 CPU processes" in out) == cpu
     assert "4 cells · 2 steps · 2 processes (MULTI_CPU, gloo)" in out
     assert "rank 0: 2 cells [0, 1]" in out and "rank 1: 2 cells [2, 3]" in out  # accelerate's contiguous split
     assert out.count("saved 4 cells") == 1  # only the main process printed (and saved)
