@@ -30,7 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.training import common, latents as lat
+from pipelines.training.family_samples import DIT_SAMPLE_LABELS, DiTGrids
 from pipelines.training.ldm import _optimizer_to, min_snr_weights
+from pipelines.training.ldm_samples import add_sample_arguments
+from pipelines.training.monitor import RunMonitor
 
 SCHEDULER_CFG: dict[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
                                  "beta_schedule": "linear", "clip_sample": False, "prediction_type": "epsilon"}
@@ -74,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR weighting (0: plain MSE)")
     parser.add_argument("--init-transformer", type=Path, default=None,
                         help="start a fresh schedule from these exported weights (same --hidden and --layers)")
+    add_sample_arguments(parser, steps=20, guidance=3.0, prompts=DIT_SAMPLE_LABELS, what="class names")
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -108,7 +112,10 @@ def export_transformer(run_dir: Path, out: Path, use_ema: bool = True) -> Path:
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
-    """Train (resumably); export the EMA transformer to ``--out`` (default ``<run-dir>/transformer``)."""
+    """Train (resumably); export the EMA transformer to ``--out`` (default ``<run-dir>/transformer``).
+
+    ``<run-dir>/status.json``, ``stop.request`` and the ``--sample-every`` grids follow the run for the Train
+    tab (:class:`pipelines.training.monitor.RunMonitor`)."""
     from diffusers import DDPMScheduler, DiTTransformer2DModel
 
     torch.set_num_threads(args.threads)
@@ -158,40 +165,47 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                                           pin_memory=device.type == "cuda",
                                           prefetch_factor=4 if args.workers > 0 else None)
     bar = common.progress(args.steps, initial=start, desc=f"dit {n_params / 1e6:.1f}M")
-    t0 = time.time()
-    for step, (rows, drop, noise, t) in enumerate(batches, start=start):
-        lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=args.min_lr_ratio)
-        common.set_lr(optimizer, lr)
-        rows = rows.to(device)
-        x0 = latents_all[rows].float()
-        labels = torch.where(drop.to(device), torch.full_like(rows, NULL_CLASS), labels_all[rows])
-        noise, t = noise.to(device, non_blocking=True), t.to(device, non_blocking=True)
-        pred = model(noise_sched.add_noise(x0, noise, t), timestep=t, class_labels=labels).sample
-        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per * min_snr_weights(alphas, t, args.snr_gamma)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = common.clip_grad(model.parameters(), 1.0)
-        optimizer.step()
-        ema.decay = min(args.ema_decay, (1 + step) / (10 + step))
-        ema.update(model)
-        loss_value = loss.item()
-        log.log(step + 1, loss=loss_value, mse=per.mean().item(), lr=lr, grad_norm=gnorm)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
-        stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
-        if ckpt.due(step + 1) or step + 1 == stop:
-            ema.decay = args.ema_decay
-            ckpt.save(step + 1, model, optimizer, ema, extra=extra)
-        if step + 1 >= stop:
-            break
-    bar.close()
-    result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
-    if common.stopped_early(stop, args):
+    monitor = RunMonitor(run_dir, args.steps, args.batch_size, start, stop, resume=args.resume)
+    grids = (DiTGrids(monitor.samples, cfg, args, device, dict(enumerate(class_names())), SCHEDULER_CFG)
+             if args.sample_every > 0 else None)
+    with monitor.failures():
+        t0 = time.time()
+        for step, (rows, drop, noise, t) in enumerate(batches, start=start):
+            lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=args.min_lr_ratio)
+            common.set_lr(optimizer, lr)
+            rows = rows.to(device)
+            x0 = latents_all[rows].float()
+            labels = torch.where(drop.to(device), torch.full_like(rows, NULL_CLASS), labels_all[rows])
+            noise, t = noise.to(device, non_blocking=True), t.to(device, non_blocking=True)
+            pred = model(noise_sched.add_noise(x0, noise, t), timestep=t, class_labels=labels).sample
+            per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+            loss = (per * min_snr_weights(alphas, t, args.snr_gamma)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = common.clip_grad(model.parameters(), 1.0)
+            optimizer.step()
+            ema.decay = min(args.ema_decay, (1 + step) / (10 + step))
+            ema.update(model)
+            loss_value = loss.item()
+            log.log(step + 1, loss=loss_value, mse=per.mean().item(), lr=lr, grad_norm=gnorm)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
+            stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
+            stop = monitor.after_step(step + 1, loss_value, stop)
+            if ckpt.due(step + 1) or step + 1 == stop:
+                ema.decay = args.ema_decay
+                ckpt.save(step + 1, model, optimizer, ema, extra=extra)
+            if grids is not None and monitor.sample_due(step + 1, stop, args.sample_every):
+                grids(step + 1, model, ema)
+            if step + 1 >= stop:
+                break
+        bar.close()
+        result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
+        if not common.stopped_early(stop, args):
+            export_transformer(run_dir, Path(args.out) if args.out is not None else run_dir / "transformer")
+            print(json.dumps(result))
+        monitor.end(stop)
         return result
-    export_transformer(run_dir, Path(args.out) if args.out is not None else run_dir / "transformer")
-    print(json.dumps(result))
-    return result
 
 
 def sample_pipeline(transformer_dir: Path, vae_dir: Path):

@@ -30,7 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.training import common, latents as lat
+from pipelines.training.family_samples import FlowGrids
 from pipelines.training.ldm import _optimizer_to, sample_captions
+from pipelines.training.ldm_samples import add_sample_arguments
+from pipelines.training.monitor import RunMonitor
 
 ACCELERATED = True  # understands --device, --workers and --time-budget
 T5_TOKENS = 256  # StableDiffusion3Pipeline's default max_sequence_length (its zero T5 block without T5)
@@ -50,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-prob", type=float, default=0.3, help="per-attribute caption dropping")
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--warmup", type=int, default=500)
+    add_sample_arguments(parser, sampler="flow-match Euler", steps=20, guidance=3.0)
 
 
 def transformer_config(hidden: int, layers: int, head_dim: int, text_dim: int, pooled_dim: int,
@@ -128,7 +132,10 @@ def export_pack(run_dir: Path, out: Path, vae_dir: Path, text: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
-    """Train (resumably); export the SD3 folder to ``--out`` (default ``<run-dir>/pack``) at the end."""
+    """Train (resumably); export the SD3 folder to ``--out`` (default ``<run-dir>/pack``) at the end.
+
+    ``<run-dir>/status.json``, ``stop.request`` and the ``--sample-every`` grids follow the run for the Train
+    tab (:class:`pipelines.training.monitor.RunMonitor`)."""
     from diffusers import SD3Transformer2DModel
 
     torch.set_num_threads(args.threads)
@@ -171,43 +178,50 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     budget = common.TimeBudget(args.time_budget, start)
     t5_block = torch.zeros(args.batch_size, T5_TOKENS, embeds.shape[-1], device=device)
     bar = common.progress(args.steps, initial=start, desc=f"flow {n_params / 1e6:.1f}M")
-    t0 = time.time()
-    for step in range(start, stop):
-        lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=0.05)
-        common.set_lr(optimizer, lr)
-        rng = common.step_rng(args.seed, step)
-        rows = rng.integers(len(latents_all), size=args.batch_size)
-        captions = sample_captions(pool, rows, rng, args.drop_prob, args.uncond_prob)
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        x0 = latents_all[torch.from_numpy(rows).to(device)].float()
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        s = torch.sigmoid(torch.randn(args.batch_size, generator=gen)).to(device)  # logit-normal (SD3)
-        x_s = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * noise
-        cap = torch.tensor([rows_of[c] for c in captions], device=device)
-        context = torch.cat([embeds[cap], t5_block], dim=1)
-        pred = model(hidden_states=x_s, encoder_hidden_states=context, pooled_projections=pooled[cap],
-                     timestep=s * 1000).sample
-        loss = F.mse_loss(pred.float(), noise - x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = common.clip_grad(model.parameters(), 1.0)
-        optimizer.step()
-        ema.decay = min(args.ema_decay, (1 + step) / (10 + step))
-        ema.update(model)
-        loss_value = loss.item()
-        log.log(step + 1, loss=loss_value, lr=lr, grad_norm=gnorm)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-        stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
-        if ckpt.due(step + 1) or step + 1 == stop:
-            ema.decay = args.ema_decay
-            ckpt.save(step + 1, model, optimizer, ema, extra=extra)
-        if step + 1 >= stop:
-            break
-    bar.close()
-    result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
-    if common.stopped_early(stop, args):
+    monitor = RunMonitor(run_dir, args.steps, args.batch_size, start, stop, resume=args.resume)
+    grids = FlowGrids(monitor.samples, cfg, args, device, build_pipeline, text) if args.sample_every > 0 else None
+    with monitor.failures():
+        t0 = time.time()
+        for step in range(start, stop):
+            lr = common.cosine_lr(step, args.lr, args.steps, args.warmup, min_ratio=0.05)
+            common.set_lr(optimizer, lr)
+            rng = common.step_rng(args.seed, step)
+            rows = rng.integers(len(latents_all), size=args.batch_size)
+            captions = sample_captions(pool, rows, rng, args.drop_prob, args.uncond_prob)
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            x0 = latents_all[torch.from_numpy(rows).to(device)].float()
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            s = torch.sigmoid(torch.randn(args.batch_size, generator=gen)).to(device)  # logit-normal (SD3)
+            x_s = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * noise
+            cap = torch.tensor([rows_of[c] for c in captions], device=device)
+            context = torch.cat([embeds[cap], t5_block], dim=1)
+            pred = model(hidden_states=x_s, encoder_hidden_states=context, pooled_projections=pooled[cap],
+                         timestep=s * 1000).sample
+            loss = F.mse_loss(pred.float(), noise - x0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = common.clip_grad(model.parameters(), 1.0)
+            optimizer.step()
+            ema.decay = min(args.ema_decay, (1 + step) / (10 + step))
+            ema.update(model)
+            loss_value = loss.item()
+            log.log(step + 1, loss=loss_value, lr=lr, grad_norm=gnorm)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
+            stop = monitor.after_step(step + 1, loss_value, stop)
+            if ckpt.due(step + 1) or step + 1 == stop:
+                ema.decay = args.ema_decay
+                ckpt.save(step + 1, model, optimizer, ema, extra=extra)
+            if grids is not None and monitor.sample_due(step + 1, stop, args.sample_every):
+                grids(step + 1, model, ema)
+            if step + 1 >= stop:
+                break
+        bar.close()
+        result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
+        if not common.stopped_early(stop, args):
+            out = Path(args.out) if args.out is not None else run_dir / "pack"
+            export_pack(run_dir, out, Path(args.vae_dir), text)
+            print(json.dumps(result))
+        monitor.end(stop)
         return result
-    export_pack(run_dir, Path(args.out) if args.out is not None else run_dir / "pack", Path(args.vae_dir), text)
-    print(json.dumps(result))
-    return result

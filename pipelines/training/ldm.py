@@ -65,7 +65,8 @@ from pipelines.training import accel, common, latents as lat
 from pipelines.training.ldm_export import (BASE_LDM, ExportError, _run_record, _safetensors_dtype,  # noqa: F401
                                            cli, export_pipeline, export_unet)
 from pipelines.training.ldm_batches import StepBatches, sample_captions  # noqa: F401
-from pipelines.training.ldm_samples import SAMPLE_PROMPTS, SampleGrids, _wrap, sample_grid  # noqa: F401
+from pipelines.training.ldm_samples import (SAMPLE_PROMPTS, SampleGrids, _wrap, add_sample_arguments,  # noqa: F401
+                                           sample_grid)
 
 SCHEDULER_CFG: dict[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                                  "beta_schedule": "scaled_linear", "steps_offset": 1, "clip_sample": False,
@@ -126,13 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "fp16 needs a GPU")
     parser.add_argument("--grad-accum", type=int, default=1,
                         help="micro-batches per optimisation step (global batch = batch-size x processes x this)")
-    parser.add_argument("--sample-every", type=int, default=0,
-                        help="steps between sample grids of the EMA weights (0: off); also one at the end")
-    parser.add_argument("--sample-prompts", type=str, default="|".join(SAMPLE_PROMPTS),
-                        help="'|'-separated prompts of the sample grids")
-    parser.add_argument("--sample-steps", type=int, default=10, help="DPM-Solver++ steps of the sample grids")
-    parser.add_argument("--sample-guidance", type=float, default=2.0, help="guidance scale of the sample grids")
-    parser.add_argument("--sample-seed", type=int, default=0, help="prompt i of a grid uses seed sample-seed + i")
+    add_sample_arguments(parser)
 
 
 def prepare_text(args: argparse.Namespace) -> Path:

@@ -4,9 +4,7 @@ own ``StableDiffusionPipeline`` and writes ``<run-dir>/samples/step_000200.png``
 from __future__ import annotations
 
 import argparse
-import json
 import textwrap
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,11 +12,25 @@ from typing import Any
 import torch
 
 from pipelines.training import common
+from pipelines.training.monitor import SampleLog
 
 SAMPLE_PROMPTS: tuple[str, ...] = (
     "a red circle", "a blue square", "a green triangle", "a yellow star",
     "a large purple diamond on a black background", "a small orange circle in the top left",
     "a pink cross on a gray background", "a cyan square at the bottom")
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser, sampler: str = "DPM-Solver++", steps: int = 10,
+                         guidance: float = 2.0, prompts: Sequence[str] = SAMPLE_PROMPTS,
+                         what: str = "prompts") -> None:
+    """``--sample-every --sample-prompts --sample-steps --sample-guidance --sample-seed`` (the sample grids)."""
+    parser.add_argument("--sample-every", type=int, default=0,
+                        help="steps between sample grids of the EMA weights (0: off); also one at the end")
+    parser.add_argument("--sample-prompts", type=str, default="|".join(prompts),
+                        help=f"'|'-separated {what} of the sample grids")
+    parser.add_argument("--sample-steps", type=int, default=steps, help=f"{sampler} steps of the sample grids")
+    parser.add_argument("--sample-guidance", type=float, default=guidance, help="guidance scale of the sample grids")
+    parser.add_argument("--sample-seed", type=int, default=0, help="grid entry i uses seed sample-seed + i")
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -69,16 +81,7 @@ class SampleGrids:
         self.steps, self.guidance = int(args.sample_steps), float(args.sample_guidance)
         self.seed = int(args.sample_seed)
         self.device = device
-        self.path = self.run_dir / "samples.jsonl"
-        kept = []
-        if resume_step is not None and self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    if line.strip() and int(json.loads(line).get("step", 0)) <= resume_step:
-                        kept.append(line)
-                except ValueError:
-                    continue
-        self.path.write_text("".join(line + "\n" for line in kept))
+        self.log = SampleLog(self.run_dir, resume_step=resume_step)
         self.pipe: Any = None
 
     def _pipeline(self) -> Any:
@@ -111,16 +114,7 @@ class SampleGrids:
                           generator=[torch.Generator().manual_seed(self.seed + i) for i in range(len(self.prompts))]
                           ).images
         title = f"step {step}  EMA  {self.steps} DPM-Solver++ steps  guidance {self.guidance:g}"
-        rel = Path("samples") / f"step_{step:06d}.png"
-        out = self.run_dir / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.stem + ".tmp.png")
-        sample_grid(images, self.prompts, title).save(tmp)
-        tmp.replace(out)
-        record = {"step": int(step), "path": rel.as_posix(), "prompts": list(self.prompts), "seed": self.seed,
+        record = {"prompts": list(self.prompts), "seed": self.seed,
                   "seeds": [self.seed + i for i in range(len(self.prompts))], "num_inference_steps": self.steps,
-                  "guidance_scale": self.guidance, "height": 64, "width": 64, "weights": "ema",
-                  "time": time.time()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        return out
+                  "guidance_scale": self.guidance, "height": 64, "width": 64, "weights": "ema"}
+        return self.log.write(step, sample_grid(images, self.prompts, title), record)
