@@ -14,8 +14,9 @@ studio down. Everything the tab shows is read back from files the trainer writes
 So a page reload, or a restart of the studio, reconnects to a run that is still going: the pid in
 ``job.json`` is checked against the live process (and its command line, against pid reuse). When a latent
 diffusion run stops or finishes, its EMA weights are exported as a ``StableDiffusionPipeline`` folder into the
-user's models folder (``<name>-step<N>``), which the Generate tab then lists without a restart; every sample grid
-also goes to the gallery, tagged with the run and step.
+user's models folder (``<name>-step<N>``), which the Generate tab then lists without a restart; so are flow and DiT
+runs (as SD3 / DiT pipeline folders) and VAE decoder fine-tunes (shapes-ldm with the new decoder); a mini-CLIP run's
+weights stay in its folder. Every sample grid also goes to the gallery, tagged with the run and step.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from pipelines.registry import BUILTIN_MODELS_DIR
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_LDM = BUILTIN_MODELS_DIR / "shapes-ldm"
+BUILTIN_CLIP = BUILTIN_MODELS_DIR.parent / "clip" / "shapes-clip"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
 LOG_TAIL_LINES = 12
 
@@ -46,23 +48,51 @@ class TrainingError(ValueError):
 @dataclass(frozen=True)
 class Target:
     label: str
-    target: str                 # pipelines.train target
-    exports: bool = False       # stops/finishes as a Generate-tab model
+    target: str                             # pipelines.train target
+    export: Optional[str] = None            # a pipelines.training.run_export kind: a stopped run becomes a model
     base_args: tuple[str, ...] = ()
+    ema_flag: Optional[str] = "--ema-decay"     # the trainer's flag for the form's EMA decay (None: not used)
+    dropout_flag: Optional[str] = "--uncond-prob"   # ... for its caption (or label) dropout
+    out_dir: Optional[str] = None           # --out inside the run folder (a trainer whose default --out is shipped)
+    family: str = "latent_diffusion"        # the gallery family of its sample grids
+    defaults: tuple[int, int, float] = (200, 16, 1e-4)  # steps, batch size, learning rate the form offers
+    objective: str = ""                     # one line for the tab
 
 
+_VAE = str(BASE_LDM / "vae")
 TARGETS: dict[str, Target] = {
-    "ldm-finetune": Target("Latent diffusion: fine-tune the builtin shapes-ldm", "ldm", True,
-                           ("--init-unet", str(BASE_LDM / "unet"), "--vae-dir", str(BASE_LDM / "vae"), "--pool", "4000",
-                            "--warmup", "20")),
-    "ldm-fresh": Target("Latent diffusion: a fresh UNet (in shapes-ldm's VAE latent space)", "ldm", True,
-                        ("--vae-dir", str(BASE_LDM / "vae"), "--pool", "4000", "--warmup", "50")),
+    "ldm-finetune": Target("Latent diffusion: fine-tune the builtin shapes-ldm", "ldm", "ldm",
+                           ("--init-unet", str(BASE_LDM / "unet"), "--vae-dir", _VAE, "--pool", "4000",
+                            "--warmup", "20"),
+                           objective="ε-prediction (DDPM) of the UNet, Min-SNR weighted, from the shipped weights"),
+    "ldm-fresh": Target("Latent diffusion: a fresh UNet (in shapes-ldm's VAE latent space)", "ldm", "ldm",
+                        ("--vae-dir", _VAE, "--pool", "4000", "--warmup", "50"),
+                        objective="ε-prediction (DDPM) of a new UNet, Min-SNR weighted"),
+    "flow-fresh": Target("Flow matching: a fresh rectified-flow transformer (SD3 format, shapes-ldm's latents)",
+                         "flow", "flow", ("--vae-dir", _VAE, "--clip-dir", str(BUILTIN_CLIP), "--pool", "4000",
+                                          "--warmup", "50", "--hidden", "96", "--layers", "4"),
+                         family="flow_matching", defaults=(1000, 32, 3e-4),
+                         objective="velocity v = noise − x₀ on the straight line x_t = (1−t)·x₀ + t·noise "
+                                   "(logit-normal t, as SD3)"),
+    "dit-fresh": Target("DiT: a fresh class-conditional Diffusion Transformer (DiTPipeline format)", "dit", "dit",
+                        ("--vae-dir", _VAE, "--pool", "4000", "--warmup", "50", "--hidden", "128", "--layers", "4"),
+                        family="dit", defaults=(1000, 32, 3e-4),
+                        objective="ε-prediction on DiT's schedule, labels (colour shape) dropped for guidance"),
+    "vae-decoder": Target("VAE: fine-tune the builtin's decoder (its latent space stays; exports shapes-ldm with it)",
+                          "vae", "vae", ("--finetune-decoder", _VAE, "--warmup", "20"), ema_flag=None,
+                          dropout_flag=None, family="vae", defaults=(200, 16, 1e-4),
+                          objective="reconstruction (L1 + MSE) of Shapes renders through the frozen encoder"),
+    "clip-fresh": Target("mini-CLIP: a fresh text-image model (zero-shot grids; the weights stay in the run folder)",
+                         "clip", None, ("--warmup", "50"), ema_flag="--ema", dropout_flag=None, out_dir="clip",
+                         family="clip", defaults=(300, 64, 1.5e-3),
+                         objective="contrastive (InfoNCE) matching of renders and captions"),
 }
 WORLDS = ("shapes",)  # the image targets all train on the procedural Shapes world
 # trainer flags the tab's "more options" box may pass (never where files go: --run-dir, --out, --latents, ...)
-EXTRA_FLAGS = ("--pool", "--widths", "--layers", "--warmup", "--seed", "--threads", "--snr-gamma", "--offset-noise",
-               "--drop-prob", "--min-lr-ratio", "--checkpoint-every", "--grad-accum", "--mixed-precision",
-               "--no-text-time", "--sample-prompts")
+EXTRA_FLAGS = ("--pool", "--widths", "--layers", "--hidden", "--head-dim", "--warmup", "--seed", "--threads",
+               "--snr-gamma", "--offset-noise", "--drop-prob", "--min-lr-ratio", "--checkpoint-every", "--grad-accum",
+               "--mixed-precision", "--no-text-time", "--sample-prompts", "--sample-steps", "--sample-guidance",
+               "--kl-weight", "--grad-weight", "--vision-width")
 
 
 def parse_extra(text: str) -> tuple[str, ...]:
@@ -115,12 +145,18 @@ class TrainSpec:
                 raise TrainingError(message)
 
     def argv(self, run_dir: Path) -> list[str]:
+        """The trainer's command line (the form's EMA and dropout only where the target has them)."""
         t = TARGETS[self.target]
-        return [t.target, "--run-dir", str(run_dir), *t.base_args, "--steps", str(int(self.steps)),
-                "--batch-size", str(int(self.batch_size)), "--lr", repr(float(self.lr)),
-                "--ema-decay", repr(float(self.ema_decay)), "--uncond-prob", repr(float(self.caption_dropout)),
-                "--sample-every", str(int(self.sample_every)), "--checkpoint-every", str(int(self.checkpoint_every)),
-                *self.extra]
+        argv = [t.target, "--run-dir", str(run_dir), *t.base_args, "--steps", str(int(self.steps)),
+                "--batch-size", str(int(self.batch_size)), "--lr", repr(float(self.lr))]
+        if t.ema_flag:
+            argv += [t.ema_flag, repr(float(self.ema_decay))]
+        if t.dropout_flag:
+            argv += [t.dropout_flag, repr(float(self.caption_dropout))]
+        if t.out_dir:
+            argv += ["--out", str(run_dir / t.out_dir)]
+        return argv + ["--sample-every", str(int(self.sample_every)),
+                       "--checkpoint-every", str(int(self.checkpoint_every)), *self.extra]
 
 
 @dataclass
@@ -315,26 +351,25 @@ class TrainingManager:
 
     # -- results -------------------------------------------------------------------------------
     def export(self, name: str) -> Optional[str]:
-        """Export a stopped/finished latent-diffusion run to the models folder (once per checkpoint step); returns
-        the model id (``local/<folder>``) or None when there is nothing (new) to export."""
+        """Export a stopped/finished run of a generator target (latent diffusion, flow, DiT, a VAE decoder) to the
+        models folder (once per checkpoint step); returns the model id (``local/<folder>``) or None when there is
+        nothing (new) to export."""
         st = self.state(name)
         target = TARGETS.get(st.target)
         run_dir = self.run_dir(name)
-        if target is None or not target.exports or st.alive or not (run_dir / "checkpoint.pt").is_file():
+        if target is None or not target.export or st.alive or not (run_dir / "checkpoint.pt").is_file():
             return None
         record = _read_json(run_dir / "export.json")
         exported = (self.models_dir / record.get("folder", "-")).is_dir()
         if exported and record.get("step") == st.step:  # the tab asks every poll: answer without the checkpoint
             return None
-        import torch
+        from pipelines.training.run_export import checkpoint_step, export_run
 
-        step = int(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["step"])
+        step = checkpoint_step(run_dir)
         if exported and record.get("step") == step:
             return None
-        from pipelines.training.ldm import export_pipeline
-
         folder = f"{name}-step{step}"
-        export_pipeline(run_dir, self.models_dir / folder, base=BASE_LDM)
+        export_run(target.export, run_dir, self.models_dir / folder, vae_dir=BASE_LDM / "vae", base=BASE_LDM)
         model_id = f"local/{folder}"
         _write_json(run_dir / "export.json", {"step": step, "folder": folder, "model_id": model_id,
                                               "exported": time.time()})
@@ -362,8 +397,9 @@ class TrainingManager:
             params = {"prompt": " | ".join(prompts), "model_id": f"run/{name}", "seed": int(rec.get("seed", 0)),
                       "num_inference_steps": int(rec.get("num_inference_steps", 0)),
                       "guidance_scale": float(rec.get("guidance_scale", 0.0)), "run": name, "train_step": step}
+            target = TARGETS.get(str(_read_json(run_dir / "job.json").get("target", "")))
             ids.append(gallery.save_image(grid, params=params, fields={
-                "media_type": "image", "family": "latent_diffusion", "status": "ok",
+                "media_type": "image", "family": target.family if target else "latent_diffusion", "status": "ok",
                 "tags": ["training", f"run:{name}", f"step:{step}"]}))
             imported.add(step)
             _write_json(done_path, {"steps": sorted(imported)})

@@ -4,8 +4,9 @@ Image training starts ``python -m pipelines.train`` in its own process (:mod:`st
 run folder every couple of seconds: state, step, throughput and ETA, the loss curve, the sample grids the trainer
 writes every N steps (each also saved to the gallery, tagged with the run and step) and the end of its log. Stop
 asks the trainer to checkpoint and stop; Resume continues from that checkpoint with its optimizer state. When a
-latent-diffusion run stops or finishes, its EMA weights are exported into the models folder and the Generate
-tab's model list offers them at once. A page reload reconnects to a run that is still going.
+latent-diffusion, flow, DiT or VAE-decoder run stops or finishes, its weights are exported into the models folder
+and the Generate tab's model list offers them at once (a mini-CLIP run's weights stay in its run folder). A page
+reload reconnects to a run that is still going.
 """
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ MAX_PLOT_POINTS = 1000
 HOW = """A denoiser learns the DDPM objective: take a clean latent x₀, draw noise ε and a
 timestep t, make x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, and minimise **L = ‖ε − ε_θ(x_t, t, text)‖²**. The *loss* curve below
 is that L (Min-SNR weighted) per step; *caption dropout* trains the unconditional ε_θ(x_t, t, "") that
-classifier-free guidance needs; the *EMA* of the weights (decay per step) is what samples and exports."""
+classifier-free guidance needs; the *EMA* of the weights (decay per step) is what samples and exports. A flow
+model instead learns the velocity v = ε − x₀ along the straight line x_t = (1−t)·x₀ + t·ε; a DiT is the same
+ε objective with a transformer over latent patches and a class label; the VAE learns to reconstruct images from
+latents; mini-CLIP learns to match images with their captions (its grids show zero-shot guesses)."""
 
 
 def _fmt_s(seconds: Optional[float]) -> str:
@@ -49,6 +53,17 @@ def status_text(st: Optional[RunState]) -> str:
     if st.state in ("failed", "crashed"):
         line += " · the run's log below says why; **Resume** continues from its last checkpoint if it has one"
     return line
+
+
+def objective_text(key: str) -> str:
+    """What the chosen target minimises and where its result goes."""
+    t = TARGETS[key]
+    goes = {"ldm": "the Generate tab (a StableDiffusionPipeline)", "flow": "the Generate tab (an SD3 pipeline)",
+            "dit": "the Generate tab (a DiTPipeline: pick a class label)",
+            "vae": "the Generate tab (shapes-ldm with the new decoder)"}.get(t.export or "", "its run folder")
+    unused = [w for w, flag in (("EMA", t.ema_flag), ("dropout", t.dropout_flag)) if flag is None]
+    return (f"*Loss:* {t.objective}. *When it stops:* its weights go to {goes}."
+            + (f" ({' and '.join(unused)} not used by this target.)" if unused else ""))
 
 
 def loss_frame(st: Optional[RunState]) -> Optional[pd.DataFrame]:
@@ -88,6 +103,7 @@ def _build_image_training(services: Services, generate: GenerateTab) -> dict[str
         with gr.Column(scale=2):
             target = gr.Dropdown([(t.label, key) for key, t in TARGETS.items()], value="ldm-finetune",
                                  label="What to train", elem_id="train-target")
+            objective = gr.Markdown(objective_text("ldm-finetune"), elem_id="train-objective")
             world = gr.Dropdown(list(WORLDS), value=WORLDS[0], label="World (training data)", elem_id="train-world")
             name = gr.Textbox("", label="Run name (empty: target and time)", elem_id="train-name")
             with gr.Row():
@@ -163,6 +179,19 @@ def _build_image_training(services: Services, generate: GenerateTab) -> dict[str
             return f"⚠ Could not read run {run!r}: {exc}", None, [], "", no_change
         return status_text(st), loss_frame(st), sample_items(services, st), st.log_tail, model_update
 
+    def on_target(key):
+        """The form follows the target: its usual steps, batch and LR; EMA and dropout only where it has them."""
+        t = TARGETS.get(key)
+        if t is None:
+            return (gr.skip(),) * 6
+        n_steps, n_batch, rate = t.defaults
+        return (objective_text(key), gr.Number(value=n_steps), gr.Number(value=n_batch), gr.Number(value=rate),
+                gr.Number(interactive=t.ema_flag is not None),
+                gr.Slider(interactive=t.dropout_flag is not None,
+                          label=f"{'Label' if t.target == 'dit' else 'Caption'} dropout (for guidance)"))
+
+    target.change(on_target, target, [objective, steps, batch, lr, ema, dropout], api_visibility="private",
+                  show_progress="hidden")
     form = [target, world, name, steps, batch, lr, ema, dropout, every, more]
     start.click(start_fn, form, [runs, message], api_name="start_training", concurrency_limit=1)
     stop.click(stop_fn, runs, message, api_name="stop_training", concurrency_limit=1)

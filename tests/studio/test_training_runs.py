@@ -163,3 +163,44 @@ def test_the_train_form_accepts_its_defaults():
     spec = spec_from_form(*GOOD_FORM)
     assert (spec.steps, spec.batch_size, spec.sample_every, spec.checkpoint_every) == (200, 16, 50, 50)
     assert "--init-unet" in spec.argv(Path("/tmp/run"))
+
+
+# Every target of the tab, tiny: (form key, extra trainer flags, the pipeline class its export lists as, or None)
+FAMILY_TARGETS = [
+    ("flow-fresh", ("--pool", "16", "--hidden", "32", "--layers", "1", "--head-dim", "16", "--warmup", "1",
+                    "--sample-steps", "2"), "StableDiffusion3Pipeline", "flow_matching"),
+    ("dit-fresh", ("--pool", "16", "--hidden", "64", "--layers", "1", "--warmup", "1", "--sample-steps", "2"),
+     "DiTPipeline", "dit"),
+]
+
+
+@pytest.mark.parametrize("key, extra, pipeline_class, family", FAMILY_TARGETS, ids=[t[0] for t in FAMILY_TARGETS])
+def test_each_target_stops_on_request_exports_a_listed_model_and_grids(key, extra, pipeline_class, family, mgr,
+                                                                       tmp_path):
+    """Started as the tab starts it: it runs in its own process, Stop checkpoints it, a grid is drawn at the stop,
+    the export is listed by the registry and generates, and its grids reach the gallery under its family."""
+    from pipelines.devices import resolve_device
+    from pipelines.families import load_model
+    from pipelines.requests import ImageRequest
+
+    spec = TrainSpec(target=key, name=key, steps=100_000, batch_size=2, lr=1e-3, sample_every=1000,
+                     checkpoint_every=1000, extra=(*extra, "--threads", "1"))
+    name = mgr.start(spec)
+    wait_for(lambda: mgr.state(name).step >= 2, what="a few steps")
+    mgr.stop(name)
+    st = wait_for(ended(mgr, name), what="the stop")
+    assert st.state == "stopped" and 2 <= st.step < 100_000 and st.can_resume, st.log_tail
+    assert [r["step"] for r in st.samples] == [st.step]  # the grid at the stop
+    model_id = mgr.export(name)
+    assert model_id == f"local/{name}-step{st.step}" and mgr.export(name) is None
+    entry = ModelRegistry(builtin_dir=None, user_dir=tmp_path / "models").get(model_id)
+    assert entry.pipeline_class == pipeline_class
+    result = load_model(entry, resolve_device("cpu")).generate(
+        ImageRequest("a red circle", num_inference_steps=2, guidance_scale=2.0, seed=1))
+    assert result.images[0].size == (64, 64)
+    gallery = Gallery.open(tmp_path / "gallery")
+    try:
+        ids = mgr.import_samples(name, gallery)
+        assert len(ids) == 1 and gallery.get(ids[0]).family == family
+    finally:
+        gallery.close()
