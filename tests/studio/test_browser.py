@@ -177,7 +177,14 @@ def test_train_tab_runs_a_short_training_then_generate_uses_its_checkpoint(train
     studio = training_studio
     page.goto(studio.url)
     page.get_by_role("tab", name="Train").click()
+    _pick(page, "train-target", "VAE: fine-tune the builtin's decoder")  # the form follows the target
+    page.wait_for_function("document.querySelector('#train-objective').innerText.includes('frozen encoder')",
+                           timeout=30_000)
+    assert page.locator("#train-ema input").is_disabled() and page.locator("#train-steps input").input_value() == "200"
     _pick(page, "train-target", "Latent diffusion: a fresh UNet")
+    page.wait_for_function("document.querySelector('#train-objective').innerText.includes('a new UNet')",
+                           timeout=30_000)
+    assert page.locator("#train-ema input").is_enabled()
     page.locator("#train-name textarea, #train-name input").first.fill("browser-run")
     for field, value in (("#train-steps", "6"), ("#train-batch", "2"), ("#train-every", "3"), ("#train-lr", "0.001")):
         page.locator(f"{field} input").fill(value)
