@@ -17,10 +17,15 @@ and frozen (the shapes-ldm is conditioned on exactly that tower, so it must neve
 the LDM is trained on it), and only the image tower and the temperature learn. This is LiT
 (Zhai et al. 2022, "LiT: Zero-Shot Transfer with Locked-image text Tuning") with the roles of
 the towers swapped; it keeps the text side fixed while a bigger image tower catches up on shape.
+
+For a UI (the studio's Train tab) the run folder holds ``status.json`` and honours ``stop.request``
+(:class:`pipelines.training.monitor.RunMonitor`); ``--sample-every N`` adds a zero-shot grid every N steps and
+at the last step (``samples/step_000200.png`` + ``samples.jsonl``, :class:`ZeroShotGrids`).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -35,7 +40,8 @@ from open_clip.loss import ClipLoss
 
 from pipelines import mini_clip
 from pipelines.training.common import (EMA, Checkpointer, LossLog, clip_grad, cosine_lr, decay_groups, progress,
-                                       seed_everything, set_lr, step_rng)
+                                       seed_everything, set_lr, step_rng, stopped_early)
+from pipelines.training.monitor import RunMonitor
 
 DEFAULT_OUT = Path("assets/clip/shapes-clip")
 EVAL_SEED = 20_250_101  # distinct from any training seed's step streams
@@ -68,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image tower (ModifiedResNet) width")
     parser.add_argument("--lock-text-from", type=Path, default=None,
                         help="copy the text tower of this saved shapes-clip and keep it frozen (LiT-style)")
+    parser.add_argument("--sample-every", type=int, default=0,
+                        help="steps between zero-shot grids of 8 held-out renders (0: off); also one at the end")
 
 
 class MultiPositiveClipLoss(ClipLoss):
@@ -178,6 +186,71 @@ def format_report(report: dict[str, dict[str, float]]) -> str:
     return "\n".join([head, *rows])
 
 
+def candidate_captions() -> list[str]:
+    """The zero-shot candidates of the sample grids: every "a <colour> <shape>" caption of the world."""
+    from pipelines.worlds import shapes
+
+    return [f"a {c} {s}" for c in shapes.COLOURS for s in shapes.SHAPES]
+
+
+class ZeroShotGrids:
+    """``--sample-every``: :data:`SAMPLE_SHOWN` fixed held-out renders (seen colour/shape pairs, drawn from
+    :data:`EVAL_SEED`), each labelled with its top-1 caption among :func:`candidate_captions` and whether that
+    names its colour and shape; the title and record give the top-1 accuracy over :data:`SAMPLE_EVAL` such
+    renders (the shown ones first). The EMA weights are used when the run keeps an EMA (on a copy of the
+    model), else the live ones in eval mode (every module's mode restored afterwards); no gradients, the torch
+    RNG forked, so a grid never changes training."""
+
+    def __init__(self, shown: int = 8, n_eval: int = 64, seed: int = EVAL_SEED) -> None:
+        from pipelines.worlds import shapes
+
+        rng = np.random.default_rng([seed, 99])  # a stream heldout_report does not draw
+        self.recipes = [shapes.sample_recipe(rng, holdout="exclude") for _ in range(max(shown, n_eval))]
+        self.images = shapes.render_batch(self.recipes)
+        self.shown, self.seed = shown, seed
+        self.candidates = candidate_captions()
+        self.truth = [f"a {r.colour} {r.shape}" for r in self.recipes]
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, tokenizer: Any) -> list[str]:
+        """The top-1 candidate caption of every fixed render."""
+        image_emb = mini_clip.encode_images(model, self.images)
+        text_emb = F.normalize(model.encode_text(tokenizer(self.candidates)), dim=-1)
+        return [self.candidates[i] for i in (image_emb @ text_emb.T).argmax(-1).tolist()]
+
+    def __call__(self, monitor: RunMonitor, step: int, model: torch.nn.Module, tokenizer: Any,
+                 ema: EMA | None = None) -> Path:
+        from PIL import Image
+
+        from pipelines.training.ldm_samples import sample_grid
+        from pipelines.worlds import shapes
+
+        with torch.random.fork_rng(devices=[]):
+            if ema is not None:
+                averaged = copy.deepcopy(model)
+                ema.copy_to(averaged)
+                predicted = self.predict(averaged.eval(), tokenizer)
+                del averaged
+            else:
+                modes = [(m, m.training) for m in model.modules()]
+                try:
+                    predicted = self.predict(model.eval(), tokenizer)
+                finally:
+                    for module, training in modes:
+                        module.training = training
+        right = [p == t for p, t in zip(predicted, self.truth)]
+        accuracy = float(np.mean(right))
+        n, weights = self.shown, "ema" if ema is not None else "live"
+        labels = [f"{p}: {'right' if ok else 'wrong'}" for p, ok in zip(predicted[:n], right[:n])]
+        title = (f"step {step}  zero-shot top-1 among {len(self.candidates)} 'a <colour> <shape>' captions "
+                 f"({weights} weights): {100 * accuracy:.1f}% of {len(right)} held-out renders")
+        record = {"prompts": [shapes.caption(r) for r in self.recipes[:n]], "predicted": predicted[:n],
+                  "correct": right[:n], "zero_shot_top1": accuracy, "zero_shot_n": len(right),
+                  "candidates": len(self.candidates), "kind": "zero-shot", "seed": self.seed, "weights": weights}
+        pictures = [Image.fromarray(a) for a in self.images[:n]]
+        return monitor.samples.write(step, sample_grid(pictures, labels, title), record)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume), checkpoint, evaluate on held-out renders and export to ``args.out``."""
     torch.set_num_threads(args.threads)
@@ -185,7 +258,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = mini_clip.create_model(seed=args.seed, vision_width=args.vision_width).train()
     if args.lock_text_from is not None:
         mini_clip.lock_text_tower(model, mini_clip.load_clip(Path(args.lock_text_from)))
-    text_locked = args.lock_text_from is not None
     tokenizer = mini_clip.get_tokenizer()
     optimizer = torch.optim.AdamW(decay_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     ema = EMA(model, args.ema) if args.ema > 0 else None
@@ -195,10 +267,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume:
         print(f"resuming from step {start}" if state else f"no checkpoint in {args.run_dir}: starting afresh")
     log = LossLog(Path(args.run_dir) / "loss.jsonl", resume_step=start if state else None)
+    stop = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
+    monitor = RunMonitor(Path(args.run_dir), args.steps, args.batch_size, start, stop, resume=args.resume)
+    with monitor.failures():  # an exception marks status.json "failed"
+        return _train(args, model, tokenizer, optimizer, ema, ckpt, log, monitor, start, stop, elapsed)
+
+
+def _train(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
+           ema: EMA | None, ckpt: Checkpointer, log: LossLog, monitor: RunMonitor, start: int, stop: int,
+           elapsed: float) -> dict[str, Any]:
+    """The loop from ``start`` (checkpoints, stop request, sample grids), then evaluation and export."""
+    text_locked = args.lock_text_from is not None
     loss_fn = MultiPositiveClipLoss()
-    end = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
-    bar, t0, step = progress(args.steps, initial=start, desc="shapes-clip"), time.time(), start
-    for step in range(start, end):
+    grids = ZeroShotGrids() if args.sample_every > 0 else None
+    bar, t0 = progress(args.steps, initial=start, desc="shapes-clip"), time.time()
+    for step in range(start, stop):
         t_step = time.time()
         recipes, images, captions = make_batch(args.seed, step, args.batch_size, args.single_prob, args.drop_prob,
                                                args.group_size)
@@ -229,14 +312,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         log.log(step + 1, **record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
-        if ckpt.due(step + 1) and step + 1 < end:
+        stop = monitor.after_step(step + 1, record["loss"], stop)  # a stop request makes this the last step
+        if ckpt.due(step + 1) and step + 1 < stop:  # the last step's checkpoint is saved below
             ckpt.save(step + 1, model, optimizer, ema, {"elapsed": elapsed + time.time() - t0})
+        if grids is not None and monitor.sample_due(step + 1, stop, args.sample_every):
+            grids(monitor, step + 1, model, tokenizer, ema)
+        if step + 1 >= stop:
+            break
     bar.close()
-    done = step + 1 if end > start else start
+    done = max(start, stop)
     elapsed += time.time() - t0
     ckpt.save(done, model, optimizer, ema, {"elapsed": elapsed})
     print(f"trained to step {done}/{args.steps}; training wall time {elapsed / 60:.1f} min (this run and before)")
-    if done < args.steps:
+    if stopped_early(done, args):  # "stopped at step N/M; resume with --resume"
+        monitor.end(done)
         return {"step": done}
     if ema is not None:
         ema.copy_to(model)
@@ -246,6 +335,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     (Path(args.run_dir) / "eval.json").write_text(json.dumps(report, indent=2))
     mini_clip.save_clip(model, Path(args.out))
     print(f"exported {args.out}")
+    monitor.end(done)  # "finished" once exported
     return {"step": done, "report": report}
 
 

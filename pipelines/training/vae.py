@@ -9,12 +9,17 @@ downsamples). The loss is L1 + L2 reconstruction plus a tiny KL term (weight ~1e
 After training, ``scaling_factor`` in the saved config is set to 1 / std of the latents of a few
 thousand renders, so that the diffusion model sees unit-variance latents (as SD's 0.18215).
 Batches are rendered from ``(seed, step)``, so a resumed run sees exactly the same data.
+
+For a UI (the studio's Train tab) the run folder holds ``status.json`` and honours ``stop.request``
+(:class:`pipelines.training.monitor.RunMonitor`); ``--sample-every N`` adds a grid of reconstructions of 8
+fixed held-out renders every N steps and at the last step (``samples/step_000200.png`` + ``samples.jsonl``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.training import common
+from pipelines.training.monitor import RunMonitor
 
 VAE_CFG: dict[str, Any] = {
     "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 64,
@@ -32,6 +38,7 @@ VAE_CFG: dict[str, Any] = {
 }
 TINY_CFG: dict[str, Any] = {**VAE_CFG, "block_out_channels": [8, 16, 32], "norm_num_groups": 8}
 EVAL_SEED = 987_654  # held-out renders for PSNR: a seed no trainer uses
+SAMPLE_N = 8  # renders in a --sample-every grid: the first 8 of the final PSNR set
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "scaling factor stay exactly as they are, so an LDM trained on it stays valid)")
     parser.add_argument("--grad-weight", type=float, default=0.0,
                         help="weight of an L1 loss on image gradients (sharpens edges, thin arms, star points)")
+    parser.add_argument("--sample-every", type=int, default=0,
+                        help="steps between grids of reconstructions of 8 held-out renders (0: off); "
+                             "also one at the end")
 
 
 def create_vae(cfg: dict[str, Any] | None = None, seed: int | None = None) -> Any:
@@ -64,12 +74,19 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def sample_recipes(seed: int, n: int, holdout: str = "exclude") -> list[Any]:
+    """``n`` Shapes recipes sampled with ``seed`` (those :func:`render_renders` draws)."""
+    from pipelines.worlds import shapes
+
+    rng = np.random.default_rng(seed)
+    return [shapes.sample_recipe(rng, holdout=holdout) for _ in range(n)]
+
+
 def render_renders(seed: int, n: int, holdout: str = "exclude") -> np.ndarray:
     """``n`` Shapes renders (uint8) from recipes sampled with ``seed``."""
     from pipelines.worlds import shapes
 
-    rng = np.random.default_rng(seed)
-    return shapes.render_batch([shapes.sample_recipe(rng, holdout=holdout) for _ in range(n)])
+    return shapes.render_batch(sample_recipes(seed, n, holdout))
 
 
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,17 +127,65 @@ def encode_latents(vae: Any, images: np.ndarray, batch_size: int = 256) -> torch
 
 
 @torch.no_grad()
+def reconstruct(vae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode(mean(encode(x)))`` of a [-1, 1] batch on the uint8 scale (rounded floats, N x 3 x H x W) and
+    each image's PSNR (dB)."""
+    recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    rec = ((recon + 1) * 127.5).round()
+    mse = ((rec - (x + 1) * 127.5) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return rec, 10 * torch.log10(255.0 ** 2 / mse)
+
+
+@torch.no_grad()
 def psnr(vae: Any, images: np.ndarray, batch_size: int = 128) -> float:
     """Mean PSNR (dB, uint8 scale) of ``decode(mean(encode(x)))`` over ``images``."""
     vae.eval()
     scores = []
     for i in range(0, len(images), batch_size):
-        x = to_tensor(images[i:i + batch_size])
-        recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-        rec = ((recon + 1) * 127.5).round()
-        mse = ((rec - (x + 1) * 127.5) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-        scores += (10 * torch.log10(255.0 ** 2 / mse)).tolist()
+        scores += reconstruct(vae, to_tensor(images[i:i + batch_size]))[1].tolist()
     return float(np.mean(scores))
+
+
+class ReconstructionGrids:
+    """``--sample-every``: the originals of :data:`SAMPLE_N` fixed held-out renders (the first ones of the final
+    PSNR set, seed :data:`EVAL_SEED`) in one row, their reconstructions by the live weights below, the mean PSNR
+    of those renders in the title; written through ``monitor.samples``. The VAE is run in eval mode without
+    gradients and every module's train/eval mode is restored afterwards; the torch RNG is forked, so a grid
+    never changes training."""
+
+    def __init__(self, seed: int = EVAL_SEED, n: int = SAMPLE_N) -> None:
+        from pipelines.worlds import shapes
+
+        recipes = sample_recipes(seed, n)
+        self.seed, self.captions = seed, [shapes.caption(r) for r in recipes]
+        self.images = shapes.render_batch(recipes)
+
+    def measure(self, vae: Any) -> tuple[np.ndarray, list[float]]:
+        """(uint8 reconstructions (N, H, W, 3), per-image PSNR) of the fixed renders."""
+        modes = [(m, m.training) for m in vae.modules()]
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                vae.eval()
+                rec, scores = reconstruct(vae, to_tensor(self.images))
+        finally:
+            for module, training in modes:
+                module.training = training
+        return rec.permute(0, 2, 3, 1).to(torch.uint8).numpy(), [float(s) for s in scores]
+
+    def __call__(self, monitor: RunMonitor, step: int, vae: Any) -> Path:
+        from PIL import Image
+
+        from pipelines.training.ldm_samples import sample_grid
+
+        recons, scores = self.measure(vae)
+        mean = float(np.mean(scores))
+        pictures: Sequence[Any] = [Image.fromarray(a) for a in (*self.images, *recons)]
+        labels = [*self.captions, *(f"{s:.1f} dB" for s in scores)]
+        title = (f"step {step}  top: {len(scores)} held-out renders, below: their reconstructions "
+                 f"(live weights)  PSNR {mean:.2f} dB")
+        record = {"prompts": list(self.captions), "psnr": mean, "psnr_each": [round(s, 3) for s in scores],
+                  "kind": "reconstructions", "seed": self.seed, "weights": "live"}
+        return monitor.samples.write(step, sample_grid(pictures, labels, title, cols=len(scores)), record)
 
 
 def measure_scaling_factor(vae: Any, n: int, seed: int) -> float:
@@ -158,6 +223,15 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     (Path(args.run_dir) / "config.json").write_text(json.dumps({"vae": cfg, "args": {
         k: str(v) for k, v in vars(args).items()}}, indent=2))
     stop = min(args.steps, args.stop_at) if args.stop_at is not None else args.steps
+    monitor = RunMonitor(Path(args.run_dir), args.steps, args.batch_size, start, stop, resume=args.resume)
+    with monitor.failures():  # an exception marks status.json "failed"
+        return _train(args, vae, optimizer, ckpt, log, monitor, start, stop)
+
+
+def _train(args: argparse.Namespace, vae: Any, optimizer: torch.optim.Optimizer, ckpt: common.Checkpointer,
+           log: common.LossLog, monitor: RunMonitor, start: int, stop: int) -> dict[str, float]:
+    """The loop from ``start`` (checkpoint, stop request, sample grids), then the export."""
+    grids = ReconstructionGrids() if args.sample_every > 0 else None
     bar = common.progress(args.steps, initial=start, desc="vae")
     t0 = time.time()
     for step in range(start, stop):
@@ -173,12 +247,17 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         log.log(step + 1, loss=loss.item(), lr=lr, **parts)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+        stop = monitor.after_step(step + 1, loss.item(), stop)  # a stop request makes this the last step
         if ckpt.due(step + 1) or step + 1 == stop:
             ckpt.save(step + 1, vae, optimizer)
+        if grids is not None and monitor.sample_due(step + 1, stop, args.sample_every):
+            grids(monitor, step + 1, vae)
+        if step + 1 >= stop:
+            break
     bar.close()
     result: dict[str, float] = {"steps_done": float(stop), "train_seconds": time.time() - t0}
-    if stop < args.steps:
-        print(f"stopped at step {stop}/{args.steps}; resume with --resume")
+    if common.stopped_early(stop, args):  # "stopped at step N/M; resume with --resume"
+        monitor.end(stop)
         return result
     vae.eval()
     if args.finetune_decoder is None:
@@ -191,6 +270,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     result.update(scaling_factor=factor, psnr=psnr(vae, render_renders(EVAL_SEED, 64 if args.tiny else 512)))
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
+    monitor.end(stop)  # "finished" once exported
     return result
 
 

@@ -171,6 +171,8 @@ FAMILY_TARGETS = [
                     "--sample-steps", "2"), "StableDiffusion3Pipeline", "flow_matching"),
     ("dit-fresh", ("--pool", "16", "--hidden", "64", "--layers", "1", "--warmup", "1", "--sample-steps", "2"),
      "DiTPipeline", "dit"),
+    ("vae-decoder", ("--warmup", "1"), "StableDiffusionPipeline", "vae"),
+    ("clip-fresh", ("--vision-width", "8", "--warmup", "1"), None, "clip"),  # its weights stay in the run folder
 ]
 
 
@@ -192,12 +194,15 @@ def test_each_target_stops_on_request_exports_a_listed_model_and_grids(key, extr
     assert st.state == "stopped" and 2 <= st.step < 100_000 and st.can_resume, st.log_tail
     assert [r["step"] for r in st.samples] == [st.step]  # the grid at the stop
     model_id = mgr.export(name)
-    assert model_id == f"local/{name}-step{st.step}" and mgr.export(name) is None
-    entry = ModelRegistry(builtin_dir=None, user_dir=tmp_path / "models").get(model_id)
-    assert entry.pipeline_class == pipeline_class
-    result = load_model(entry, resolve_device("cpu")).generate(
-        ImageRequest("a red circle", num_inference_steps=2, guidance_scale=2.0, seed=1))
-    assert result.images[0].size == (64, 64)
+    if pipeline_class is None:
+        assert model_id is None and not (tmp_path / "models").exists()
+    else:
+        assert model_id == f"local/{name}-step{st.step}" and mgr.export(name) is None
+        entry = ModelRegistry(builtin_dir=None, user_dir=tmp_path / "models").get(model_id)
+        assert entry.pipeline_class == pipeline_class
+        result = load_model(entry, resolve_device("cpu")).generate(
+            ImageRequest("a red circle", num_inference_steps=2, guidance_scale=2.0, seed=1))
+        assert result.images[0].size == (64, 64)
     gallery = Gallery.open(tmp_path / "gallery")
     try:
         ids = mgr.import_samples(name, gallery)
