@@ -191,21 +191,13 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
             stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
-            stop = monitor.after_step(step + 1, loss_value, stop)
-            if ckpt.due(step + 1) or step + 1 == stop:
-                ema.decay = args.ema_decay
-                ckpt.save(step + 1, model, optimizer, ema, extra=extra)
-            if grids is not None and monitor.sample_due(step + 1, stop, args.sample_every):
-                grids(step + 1, model, ema)
+            stop = monitor.end_of_step(step + 1, loss_value, stop, args, ckpt, model, optimizer, ema, extra, grids)
             if step + 1 >= stop:
                 break
         bar.close()
         result = {"steps_done": float(stop), "train_seconds": time.time() - t0, "params": float(n_params)}
-        if not common.stopped_early(stop, args):
-            export_transformer(run_dir, Path(args.out) if args.out is not None else run_dir / "transformer")
-            print(json.dumps(result))
-        monitor.end(stop)
-        return result
+        out = Path(args.out) if args.out is not None else run_dir / "transformer"
+        return monitor.finish(stop, args, result, lambda: export_transformer(run_dir, out))
 
 
 def sample_pipeline(transformer_dir: Path, vae_dir: Path):

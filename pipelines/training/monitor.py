@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -86,6 +86,28 @@ class RunMonitor:
         self.status.mark(step)
         self.status.update("running")
         return stop
+
+    def end_of_step(self, step: int, loss: float, stop: int, args: Any, ckpt: Any, model: Any, optimizer: Any,
+                    ema: Any, extra: dict[str, Any], grids: Optional[Callable[..., Any]] = None) -> int:
+        """The tail of an EMA trainer's step (flow, DiT): :meth:`after_step`, then the checkpoint when due or at the
+        last step (with the EMA's full ``args.ema_decay``), then a grid when due; returns the step to stop at."""
+        stop = self.after_step(step, loss, stop)
+        if ckpt.due(step) or step == stop:
+            ema.decay = args.ema_decay
+            ckpt.save(step, model, optimizer, ema, extra=extra)
+        if grids is not None and self.sample_due(step, stop, args.sample_every):
+            grids(step, model, ema)
+        return stop
+
+    def finish(self, stop: int, args: Any, result: dict[str, float], export: Callable[[], Any]) -> dict[str, float]:
+        """After the loop: ``export()`` unless the run stopped early (then say how to resume), then :meth:`end`."""
+        from pipelines.training import common
+
+        if not common.stopped_early(stop, args):
+            export()
+            print(json.dumps(result))
+        self.end(stop)
+        return result
 
     @staticmethod
     def sample_due(step: int, stop: int, every: int) -> bool:

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from pipelines.training.run_export import KINDS, checkpoint_step, export_run
 from pipelines.registry import BUILTIN_MODELS_DIR
+from pipelines.training.run_export import KINDS, checkpoint_step, export_run
 
 BASE_LDM = BUILTIN_MODELS_DIR / "shapes-ldm"
 
