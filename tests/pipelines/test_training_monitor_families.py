@@ -27,7 +27,9 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("target", ["flow", "dit"])
+# flow's grids, stop and export run through the Train tab's manager in tests/studio/test_training_runs.py, its
+# --stop-at / --resume in test_flow.py; the DiT run (seconds) covers the whole monitor path here
+@pytest.mark.parametrize("target", ["dit"])
 def test_stop_request_sample_grids_and_resume(target, tmp_path):
     run = tmp_path / target
     run.mkdir()
