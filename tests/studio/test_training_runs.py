@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.registry import ModelRegistry
 from studio.gallery import Gallery
-from studio.training import TrainingError, TrainingManager, TrainSpec, parse_extra
+from studio.training import TARGETS, TrainingError, TrainingManager, TrainSpec, parse_extra
 
 TINY = ("--pool", "16", "--widths", "8,16,16", "--warmup", "1", "--threads", "1")
 
@@ -163,6 +163,27 @@ def test_the_train_form_accepts_its_defaults():
     spec = spec_from_form(*GOOD_FORM)
     assert (spec.steps, spec.batch_size, spec.sample_every, spec.checkpoint_every) == (200, 16, 50, 50)
     assert "--init-unet" in spec.argv(Path("/tmp/run"))
+
+
+@pytest.mark.parametrize("key", list(TARGETS))
+def test_every_target_makes_a_command_line_its_trainer_accepts(key, tmp_path):
+    """Each target's form defaults give a command line the trainer's own parser takes, with the form's EMA and
+    dropout only where the target has them and every output inside the run folder."""
+    from pipelines import train
+
+    target = TARGETS[key]
+    steps, batch, lr = target.defaults
+    spec = TrainSpec(target=key, steps=steps, batch_size=batch, lr=lr)
+    spec.validate()
+    argv = spec.argv(tmp_path / "run")
+    args, _ = train.parse_args(argv)
+    assert (args.target, args.steps, args.batch_size, args.lr, args.sample_every) == (
+        target.target, steps, batch, lr, spec.sample_every)
+    assert (target.ema_flag in argv) == (target.ema_flag is not None)
+    assert (target.dropout_flag in argv) == (target.dropout_flag is not None)
+    assert args.run_dir == tmp_path / "run"
+    if args.out is not None:  # never the shipped assets (mini-CLIP's default --out)
+        assert Path(args.out).is_relative_to(tmp_path / "run")
 
 
 # Every target of the tab, tiny: (form key, extra trainer flags, the pipeline class its export lists as, or None)
