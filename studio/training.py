@@ -15,8 +15,9 @@ So a page reload, or a restart of the studio, reconnects to a run that is still 
 ``job.json`` is checked against the live process (and its command line, against pid reuse). When a latent
 diffusion run stops or finishes, its EMA weights are exported as a ``StableDiffusionPipeline`` folder into the
 user's models folder (``<name>-step<N>``), which the Generate tab then lists without a restart; so are flow and DiT
-runs (as SD3 / DiT pipeline folders) and VAE decoder fine-tunes (shapes-ldm with the new decoder); a mini-CLIP run's
-weights stay in its folder. Every sample grid also goes to the gallery, tagged with the run and step.
+runs (as SD3 / DiT pipeline folders) and VAE decoder fine-tunes (shapes-ldm with the new decoder); a mini-CLIP
+run's weights stay in its folder (so do a fresh VAE's). Every sample grid also goes to the gallery, tagged with the
+run and step.
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ run folder every couple of seconds: state, step, throughput and ETA, the loss cu
 writes every N steps (each also saved to the gallery, tagged with the run and step) and the end of its log. Stop
 asks the trainer to checkpoint and stop; Resume continues from that checkpoint with its optimizer state. When a
 latent-diffusion, flow, DiT or VAE-decoder run stops or finishes, its weights are exported into the models folder
-and the Generate tab's model list offers them at once (a mini-CLIP run's weights stay in its run folder). A page
-reload reconnects to a run that is still going.
+and the Generate tab's model list offers them at once (mini-CLIP and fresh-VAE weights stay in the run folder).
+A page reload reconnects to a run that is still going.
 """
 from __future__ import annotations
 
