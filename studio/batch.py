@@ -45,7 +45,7 @@ from pipelines.registry import BUILTIN_MODELS_DIR, ModelLoadError, ModelRegistry
 from pipelines.requests import ImageRequest, validate_image_request
 from pipelines.schedulers import SCHEDULERS
 from pipelines.text_limits import has_visible_text
-from pipelines.training.cpu_launch import spread_cpu_launch
+from pipelines.training.cpu_launch import UNSPREAD_NOTE, spread_cpu_launch
 
 from .forms import number
 from .gallery import Gallery, GalleryError
@@ -242,9 +242,7 @@ def _start_state(device: DeviceSpec) -> tuple[Any, bool]:
     state = PartialState(cpu=device.device == "cpu")
     if (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and "MASTER_ADDR" in os.environ
             and state.num_processes == 1):
-        print("note: `accelerate launch --cpu --num_processes N` started ONE process and it could not be spread "
-              "(see pipelines.training.cpu_launch); for N CPU processes over gloo use "
-              "`accelerate launch --multi_gpu --num_processes N ... --device cpu`")
+        print(UNSPREAD_NOTE)
     return state, fresh
 
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from pipelines.training.cpu_launch import UNSPREAD_NOTE
+
 STATE_DIR = "accelerate_state"
 STOP_FILE = "stop.request"
 STATUS_FILE = "status.json"
@@ -57,9 +59,7 @@ def make_accelerator(device: str, mixed_precision: str | None = None, grad_accum
                               gradient_accumulation_steps=max(1, int(grad_accum)))
     if (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and "MASTER_ADDR" in os.environ
             and accelerator.num_processes == 1 and accelerator.is_main_process):
-        print("note: `accelerate launch --cpu --num_processes N` started ONE process and it could not be spread "
-              "(see pipelines.training.cpu_launch); for N CPU processes over gloo use "
-              "`accelerate launch --multi_gpu --num_processes N ... --device cpu`")
+        print(UNSPREAD_NOTE)
     return accelerator, fresh
 
 

@@ -16,6 +16,10 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+# printed by a process that stayed alone under `accelerate launch --cpu --num_processes N` (e.g. no psutil)
+UNSPREAD_NOTE = ("note: `accelerate launch --cpu --num_processes N` started ONE process and it could not be spread "
+                 "(see pipelines.training.cpu_launch); for N CPU processes over gloo use "
+                 "`accelerate launch --multi_gpu --num_processes N ... --device cpu`")
 _DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
