@@ -75,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--high-t-frac", type=float, default=0.0,
                         help="fraction of each batch whose timesteps are drawn from [--high-t-min, T)")
     parser.add_argument("--high-t-min", type=int, default=700)
+    parser.add_argument("--text-lr-scale", type=float, default=0.0,
+                        help="train the text tower too, at this fraction of the LR (0: frozen, its embeddings "
+                             "precomputed). The mini-CLIP never saw motion words: its states for 'moving left' "
+                             "and 'moving up' differ ten times less than for 'red' and 'blue'")
 
 
 ACCELERATED = True
@@ -108,7 +112,8 @@ def split_model(model: Any, spatial_cfg: dict[str, Any], adapter_cfg: dict[str, 
     from diffusers import MotionAdapter, UNet2DConditionModel
 
     unet2d = UNet2DConditionModel(**spatial_cfg)
-    state = {k: v for k, v in model.state_dict().items() if ".motion_modules." not in k}
+    state = {k: v for k, v in model.state_dict().items()
+             if ".motion_modules." not in k and not k.startswith(TEXT_TOWER + ".")}
     unet2d.load_state_dict(state, strict=True)
     adapter = MotionAdapter(**adapter_cfg)
     motion = {k: v for k, v in model.state_dict().items() if ".motion_modules." in k}
@@ -116,6 +121,26 @@ def split_model(model: Any, spatial_cfg: dict[str, Any], adapter_cfg: dict[str, 
     if unexpected or any("motion_modules" in k for k in missing):
         raise RuntimeError(f"motion modules do not fit the adapter: missing {missing[:4]}, unexpected {unexpected[:4]}")
     return unet2d, adapter
+
+
+TEXT_TOWER = "text_tower"  # the trained text encoder rides on the model (one state, optimizer, EMA, checkpoint)
+
+
+def attach_text_tower(model: torch.nn.Module, text_dir: Path) -> torch.nn.Module:
+    """Hang ``text_dir``'s ``CLIPTextModel`` on ``model`` as ``model.text_tower`` (``--text-lr-scale`` > 0)."""
+    from transformers import CLIPTextModel
+
+    model.add_module(TEXT_TOWER, CLIPTextModel.from_pretrained(text_dir, dtype=torch.float32, use_safetensors=True))
+    return getattr(model, TEXT_TOWER)
+
+
+def caption_ids(table: CaptionTable, tokenizer_dir: Path) -> torch.Tensor:
+    """Token ids (N, L) of the caption table's rows, padded as the pipeline pads a prompt."""
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    return tok(list(table.captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids
 
 
 # ---------------------------------------------------------------- training
@@ -170,6 +195,8 @@ def load_init(model: torch.nn.Module, folder: Path) -> None:
     src = UNetMotionModel.from_unet2d(
         UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32, use_safetensors=True),
         MotionAdapter.from_pretrained(folder / "motion_adapter", torch_dtype=torch.float32, use_safetensors=True))
+    if hasattr(model, TEXT_TOWER):  # the folder's text encoder (a previous run may have trained it)
+        attach_text_tower(src, folder / "text_encoder")
     model.load_state_dict(src.state_dict(), strict=True)
 
 
@@ -192,18 +219,25 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     latents_all = pool["latents"].to(device)          # (N, F, C, H, W)
     embeddings = table.embeddings.to(device)
     model, spatial_cfg, adapter_cfg = build_model(base, args.heads, args.mid_motion)
+    train_text = args.text_lr_scale > 0
+    if train_text:
+        attach_text_tower(model, base / "text_encoder")
+        ids_table = caption_ids(table, base / "tokenizer").to(device)
     if args.init is not None and not args.resume:
         load_init(model, Path(args.init))
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     motion_params = [p for n, p in model.named_parameters() if ".motion_modules." in n]
+    text_params = [p for n, p in model.named_parameters() if n.startswith(TEXT_TOWER + ".")]
     spatial_params = [p for n, p in model.named_parameters() if ".motion_modules." not in n
+                      and not n.startswith(TEXT_TOWER + ".")
                       and (args.spatial == "all" or (args.spatial == "attention" and ".attentions." in n))]
-    trained_ids = {id(p) for p in motion_params + spatial_params}
+    trained_ids = {id(p) for p in motion_params + spatial_params + text_params}
     for p in model.parameters():  # frozen layers before the first trained one then need no backward at all
         p.requires_grad_(id(p) in trained_ids)
     optimizer = torch.optim.AdamW([{"params": motion_params, "lr_scale": 1.0},
-                                   {"params": spatial_params, "lr_scale": args.spatial_lr_scale}],
+                                   {"params": spatial_params, "lr_scale": args.spatial_lr_scale},
+                                   {"params": text_params, "lr_scale": args.text_lr_scale}],
                                   lr=args.lr, weight_decay=0.0)
     noise_sched = DDPMScheduler(**SCHEDULER_CFG)
     alphas = noise_sched.alphas_cumprod.float().to(device)
@@ -211,7 +245,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
     extra = {"spatial_config": json.dumps(spatial_cfg), "adapter_config": json.dumps(adapter_cfg),
              "base": str(base), "base_hash": lat.file_hash(base / "unet"), "frames": int(pool["frames"]),
-             "noise_correlation": float(args.noise_correlation), "init": str(args.init or "")}
+             "noise_correlation": float(args.noise_correlation), "init": str(args.init or ""),
+             "text_trained": "1" if train_text else ""}
     start = 0
     if args.resume:
         state = ckpt.load(model, optimizer, ema)
@@ -239,7 +274,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             group["lr"] = lr * group["lr_scale"]
         x0 = latents_all[rows.to(device)].float().permute(0, 2, 1, 3, 4)   # (B, C, F, H, W)
         frames = x0.shape[2]
-        cond = embeddings[cap_rows.to(device)].repeat_interleave(frames, dim=0)
+        if train_text:
+            cond = model.text_tower(ids_table[cap_rows.to(device)])[0].repeat_interleave(frames, dim=0)
+        else:
+            cond = embeddings[cap_rows.to(device)].repeat_interleave(frames, dim=0)
         noise, t = noise.to(device), t.to(device)
         noisy = noise_sched.add_noise(x0, noise, t)
         pred = model(noisy, t, encoder_hidden_states=cond).sample
@@ -247,7 +285,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         loss = (per * loss_weights(alphas, t, args.snr_gamma, args.x0_weight_floor)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = common.clip_grad(motion_params + spatial_params, 1.0)
+        gnorm = common.clip_grad(motion_params + spatial_params + text_params, 1.0)
         optimizer.step()
         ema.decay = min(args.ema_decay, (1 + step) / (10 + step))
         ema.update(model)
@@ -283,14 +321,19 @@ def pack(run_dir: Path, out: Path, use_ema: bool = True, default_steps: int = 10
     from diffusers import UNet2DConditionModel
 
     model = UNetMotionModel.from_unet2d(UNet2DConditionModel(**spatial_cfg), MotionAdapter(**adapter_cfg))
+    base = Path(extra["base"])
+    text_trained = bool(extra.get("text_trained"))
+    if text_trained:
+        attach_text_tower(model, base / "text_encoder")
     common.load_trained(model, state, use_ema)
     unet2d, adapter = split_model(model, spatial_cfg, adapter_cfg)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    base = Path(extra["base"])
-    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+    for part in ("vae", "tokenizer", "scheduler") + (() if text_trained else ("text_encoder",)):
         shutil.copytree(base / part, tmp / part)
+    if text_trained:
+        model.text_tower.save_pretrained(tmp / "text_encoder", safe_serialization=True)
     unet2d.save_pretrained(tmp / "unet", safe_serialization=True)
     adapter.save_pretrained(tmp / "motion_adapter", safe_serialization=True)
     base_index = json.loads((base / "model_index.json").read_text())
