@@ -28,6 +28,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "concurrency": ([], ["--users", "2", "--each", "3"]),
     "embedding_map": ([], ["--items", "1000"]),
     "sweep_split": ([], []),
+    "flow_t5_block": (["--repeats", "5"], ["--batch", "8", "--repeats", "2"]),
 }
 
 

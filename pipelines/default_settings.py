@@ -15,7 +15,9 @@ Example file::
 
 A video model may add ``"num_frames"`` and ``"fps"`` (what the Video tab starts from), and
 ``"noise_correlation"``: the correlation of its frames' initial noise when it was trained on a mixed
-noise prior (the studio then draws the noise the same way).
+noise prior (the studio then draws the noise the same way). An SD3-format flow model may add
+``"max_sequence_length"``: the length of the T5 block of its prompt embeddings (all zeros when the folder has
+no T5), which must be the length it was trained with; diffusers' default is 256.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ FALLBACK: dict[str, Any] = {"guidance_scale": 7.5, "num_inference_steps": 25, "s
                             "temperature": 1.0, "top_k": 0}  # the last two: token (autoregressive) models
 # Video models may also set these (returned only when the file has them, so image models' settings stay as they were).
 VIDEO_FALLBACK: dict[str, Any] = {"num_frames": 16, "fps": 8.0, "noise_correlation": 0.0}
+FLOW_FALLBACK: dict[str, Any] = {"max_sequence_length": 256}  # StableDiffusion3Pipeline's own default
 
 
 class DefaultSettingsError(ValueError):
@@ -41,10 +44,10 @@ def _check(path: Path, data: Any) -> dict[str, Any]:
 
     if not isinstance(data, dict):
         raise DefaultSettingsError(f"{path} must hold a JSON object.")
-    unknown = sorted(set(data) - set(FALLBACK) - set(VIDEO_FALLBACK) - {"note"})
+    known = sorted(FALLBACK) + sorted(VIDEO_FALLBACK) + sorted(FLOW_FALLBACK)
+    unknown = sorted(set(data) - set(known) - {"note"})
     if unknown:
-        raise DefaultSettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
-                                   f"allowed: {', '.join(sorted(FALLBACK) + sorted(VIDEO_FALLBACK))}, note.")
+        raise DefaultSettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(known)}, note.")
     g = data.get("guidance_scale", FALLBACK["guidance_scale"])
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
         raise DefaultSettingsError(f"{path}: guidance_scale must be a number from 0 to {MAX_GUIDANCE} (got {g!r}).")
@@ -78,6 +81,12 @@ def _check(path: Path, data: Any) -> dict[str, Any]:
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or not 0 <= rho < 1:
             raise DefaultSettingsError(f"{path}: noise_correlation must be a number from 0 to below 1 (got {rho!r}).")
         out["noise_correlation"] = float(rho)
+    if "max_sequence_length" in data:  # an SD3-format flow model's T5 block (see pipelines.flow)
+        length = data["max_sequence_length"]
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 512:
+            raise DefaultSettingsError(f"{path}: max_sequence_length must be a whole number from 1 to 512 "
+                                       f"(got {length!r}).")
+        out["max_sequence_length"] = length
     return out
 
 
@@ -96,7 +105,8 @@ def read_default_settings(folder: Path) -> dict[str, Any]:
 def write_default_settings(folder: Path, guidance_scale: float, num_inference_steps: int = 25,
                            scheduler: str | None = None, note: str = "", **token_sampling: Any) -> Path:
     """Write (validated) defaults into a model folder; returns the file. ``token_sampling``: ``temperature``
-    and ``top_k`` of a token model, ``num_frames`` and ``fps`` of a video model."""
+    and ``top_k`` of a token model, ``num_frames`` and ``fps`` of a video model, ``max_sequence_length`` of a
+    flow model."""
     path = Path(folder) / FILENAME
     data: dict[str, Any] = {"guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps,
                             "scheduler": scheduler, **token_sampling}

@@ -12,6 +12,11 @@ The run is diffusers' own ``StableDiffusion3Pipeline.__call__``, observed throug
 ``callback_on_step_end`` like the latent-diffusion family. SD3 has no ``guidance_rescale``, so that
 option is refused with a message; guidance in an interval of steps works as for latent diffusion.
 Only flow schedulers apply to a flow model: the studio's DDPM-family samplers are refused.
+
+Without T5 the pipeline fills the T5 block of the prompt embeddings with ``max_sequence_length`` zero tokens
+(256 by default) that every joint-attention block carries. A model trained with a shorter block says so in its
+``default_settings.json`` (``"max_sequence_length"``) and is run with exactly that block: the zero tokens are
+not inert (the attention weighs them by their count), so the length must match training.
 """
 from __future__ import annotations
 
@@ -63,7 +68,19 @@ class FlowMatching(LatentDiffusion):
                              "diffusion sampler. Pick “model default”.")
         return self._default_scheduler_cls.from_config(self._scheduler_config)
 
+    @property
+    def max_sequence_length(self) -> int:
+        """The T5 block length this model was trained with (its ``default_settings.json``; else diffusers' 256)."""
+        from pipelines.default_settings import FLOW_FALLBACK, DefaultSettingsError, read_default_settings
+
+        folder = getattr(self, "folder", None)
+        try:
+            settings = read_default_settings(folder) if folder is not None else {}
+        except DefaultSettingsError:
+            settings = {}
+        return int(settings.get("max_sequence_length", FLOW_FALLBACK["max_sequence_length"]))
+
     def call_options(self, req: ImageRequest) -> dict[str, Any]:
         if req.guidance_rescale > 0:
             raise ValueError("Guidance rescale is not available for flow-matching (SD3) models; set it to 0.")
-        return {}
+        return {"max_sequence_length": self.max_sequence_length}

@@ -329,7 +329,8 @@ def _flow_output(model, x, timestep, prompt: str, w: float) -> tuple[torch.Tenso
     transformer, device = pipe.transformer, pipe.device
     guided = w != 1
     embeds, neg, pooled, neg_pooled = pipe.encode_prompt(prompt, None, None, device=device,
-                                                         num_images_per_prompt=1, do_classifier_free_guidance=guided)
+                                                         num_images_per_prompt=1, do_classifier_free_guidance=guided,
+                                                         max_sequence_length=model.max_sequence_length)
     if guided:
         embeds, pooled = torch.cat([neg, embeds]), torch.cat([neg_pooled, pooled])
     x_in = x.to(device, transformer.dtype).repeat(len(embeds), 1, 1, 1)  # (n, C, h, w)

@@ -31,3 +31,13 @@ def test_the_families_benchmark_times_a_tiny_model(tiny_models_dir, capsys):
     rows = parse(capsys.readouterr().out)
     assert [r["measure"] for r in rows] == ["local/tiny-sd seconds per image (25 steps)", "local/tiny-sd ms per step"]
     assert all(r["value"] > 0 for r in rows)
+
+
+def test_the_flow_t5_block_benchmark_reports_both_ratios(capsys):
+    from bench.flow_t5_block import main
+
+    out = main(["--batch", "2", "--repeats", "1", "--threads", "1"])
+    rows = parse(capsys.readouterr().out)
+    assert [r["bench"] for r in rows] == ["flow_t5_block", "flow_t5_block"]
+    assert out["train_256_s"] > 0 and out["train_8_s"] > 0
+    assert [r["value"] for r in rows] == [out["train_ratio_256_over_8"], out["sample_ratio_256_over_8"]]

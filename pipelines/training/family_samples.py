@@ -74,13 +74,14 @@ class FlowGrids(_Grids):
         prompts = [p.strip() for p in str(args.sample_prompts).split("|") if p.strip()]
         super().__init__(log, SD3Transformer2DModel, cfg, args, device, prompts)
         self.build_pipeline, self.vae_dir, self.text = build_pipeline, Path(args.vae_dir), Path(text)
+        self.t5_tokens = int(args.t5_tokens)  # the zero T5 block the run trains with
 
     def _build(self, network: torch.nn.Module) -> Any:
         return self.build_pipeline(network, self.vae_dir, self.text)
 
     def _generate(self, generators: list[torch.Generator]) -> list[Any]:
         return self.pipe(prompt=list(self.entries), num_inference_steps=self.steps, guidance_scale=self.guidance,
-                         height=64, width=64, generator=generators).images
+                         height=64, width=64, generator=generators, max_sequence_length=self.t5_tokens).images
 
 
 class DiTGrids(_Grids):

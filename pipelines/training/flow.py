@@ -11,7 +11,8 @@ patches and prompt tokens, adaLN from timestep + pooled text), conditioned the w
 ``StableDiffusion3Pipeline.encode_prompt`` conditions it: the frozen shapes-clip text tower, exported
 as ``CLIPTextModelWithProjection`` and used for both CLIP slots (penultimate-layer states concatenated,
 pooled projections concatenated), no T5 (``text_encoder_3`` = None; the pipeline's zero T5 block is
-reproduced in training). Captions are re-sampled with attribute dropping and replaced by "" with
+reproduced in training, ``--t5-tokens`` zero tokens long, the length the pack's ``default_settings.json``
+tells the family to use). Captions are re-sampled with attribute dropping and replaced by "" with
 probability ``--uncond-prob`` for classifier-free guidance. AdamW, warm-up + cosine LR, clipping, EMA.
 
 The export (``<run-dir>/pack``) is an ordinary ``StableDiffusion3Pipeline`` folder: the registry loads
@@ -53,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-prob", type=float, default=0.3, help="per-attribute caption dropping")
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--t5-tokens", type=int, default=8,
+                        help="length of the zero T5 block trained with (written to the pack's default_settings.json "
+                             f"as max_sequence_length; the pipeline's default is {T5_TOKENS}). Every zero token "
+                             "passes through every joint block: with 256, a step carries 352 tokens (64 image, 32 "
+                             "CLIP), with 8 only 104")
     add_sample_arguments(parser, sampler="flow-match Euler", steps=20, guidance=3.0)
 
 
@@ -122,12 +128,17 @@ def caption_table(pipe: Any, cache: Path, text_hash: str, batch_size: int = 256)
 
 
 def export_pack(run_dir: Path, out: Path, vae_dir: Path, text: Path) -> Path:
-    """The EMA transformer of ``<run-dir>/checkpoint.pt`` as a complete SD3 folder (+ training.json)."""
+    """The EMA transformer of ``<run-dir>/checkpoint.pt`` as a complete SD3 folder (+ training.json, and the
+    ``default_settings.json`` that carries the T5 block length it was trained with)."""
     from diffusers import SD3Transformer2DModel
+
+    from pipelines.default_settings import write_default_settings
 
     model, state = common.trained_model(SD3Transformer2DModel, run_dir, "transformer_config")
     build_pipeline(model, vae_dir, text).save_pretrained(out, safe_serialization=True)
     common.write_training_info(out, state, "transformer_config")
+    write_default_settings(out, 3.0, 20, max_sequence_length=int(state["extra"].get("t5_tokens", T5_TOKENS)),
+                           note="max_sequence_length: the zero T5 block this model was trained with")
     return Path(out)
 
 
@@ -163,11 +174,14 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     ema = common.EMA(model, decay=args.ema_decay)
     ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
     extra = {"transformer_config": json.dumps(cfg), "text_hash": text_hash, "vae_hash": str(pool.get("vae_hash", "")),
-             "scaling_factor": float(pool["scaling_factor"])}
+             "scaling_factor": float(pool["scaling_factor"]), "t5_tokens": int(args.t5_tokens)}
     start = 0
     if args.resume:
         state = ckpt.load(model, optimizer, ema)
         start = int(state["step"]) if state is not None else 0
+        if state is not None and int(state["extra"].get("t5_tokens", T5_TOKENS)) != args.t5_tokens:
+            raise SystemExit(f"--t5-tokens {args.t5_tokens}: this run was trained with "
+                             f"{state['extra'].get('t5_tokens', T5_TOKENS)}; resume with that")
     model.to(device)
     _optimizer_to(optimizer, device)
     ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
@@ -176,7 +190,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                                                      "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
     stop = min(args.steps, args.stop_at) if args.stop_at is not None else args.steps
     budget = common.TimeBudget(args.time_budget, start)
-    t5_block = torch.zeros(args.batch_size, T5_TOKENS, embeds.shape[-1], device=device)
+    if not 1 <= args.t5_tokens <= 512:
+        raise SystemExit(f"--t5-tokens must be from 1 to 512 (got {args.t5_tokens})")
+    t5_block = torch.zeros(args.batch_size, args.t5_tokens, embeds.shape[-1], device=device)
     bar = common.progress(args.steps, initial=start, desc=f"flow {n_params / 1e6:.1f}M")
     monitor = RunMonitor(run_dir, args.steps, args.batch_size, start, stop, resume=args.resume)
     grids = FlowGrids(monitor.samples, cfg, args, device, build_pipeline, text) if args.sample_every > 0 else None

@@ -37,12 +37,20 @@ def test_partial_file_is_merged_over_the_fallback(tmp_path):
     ('{"scheduler": "warp-drive"}', "scheduler 'warp-drive' is not one of"),
     ('{"temperature": 0}', "temperature must be"),
     ('{"top_k": 2.5}', "top_k must be"),
+    ('{"max_sequence_length": 0}', "max_sequence_length must be"),
+    ('{"max_sequence_length": 600}', "max_sequence_length must be"),
 ])
 def test_bad_files_are_named_with_the_problem(tmp_path, text, fragment):
     (tmp_path / "default_settings.json").write_text(text)
     with pytest.raises(DefaultSettingsError, match="default_settings.json") as info:
         read_default_settings(tmp_path)
     assert fragment in str(info.value)
+
+
+def test_a_flow_models_t5_block_length_reads_back(tmp_path):
+    write_default_settings(tmp_path, 3.0, 20, max_sequence_length=8)
+    assert read_default_settings(tmp_path) == {**FALLBACK, "guidance_scale": 3.0, "num_inference_steps": 20,
+                                               "max_sequence_length": 8}
 
 
 def test_write_refuses_invalid_values(tmp_path):

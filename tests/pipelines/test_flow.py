@@ -85,4 +85,31 @@ def test_flow_target_trains_resumes_and_exports_an_sd3_folder_with_the_pipelines
     clip_len = table["embeds"].shape[1]
     torch.testing.assert_close(embeds[0, :clip_len], table["embeds"][row])
     torch.testing.assert_close(pooled[0], table["pooled"][row])
-    assert embeds.shape[1] == clip_len + 256 and embeds[0, clip_len:].abs().max() == 0  # the T5 block trained with
+    # the zero T5 block: trained 8 tokens long (--t5-tokens' default), written to the pack, used by the family
+    assert json.loads((run / "pack" / "default_settings.json").read_text())["max_sequence_length"] == 8
+    assert model.max_sequence_length == 8
+    seen = []
+    hook = model.pipe.transformer.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True)
+    try:
+        model.generate(ImageRequest("a red circle", num_inference_steps=2, guidance_scale=3.0))
+    finally:
+        hook.remove()
+    assert seen == [clip_len + 8, clip_len + 8]
+    embeds, *_ = model.pipe.encode_prompt(prompt=["a red circle"], prompt_2=["a red circle"], prompt_3=None,
+                                          do_classifier_free_guidance=False, max_sequence_length=8)
+    assert embeds[0, clip_len:].abs().max() == 0
+    with pytest.raises(SystemExit, match="trained with 8"):  # a resume cannot change the block's length
+        train_main([*args, "--steps", "6", "--resume", "--t5-tokens", "16"])
+
+
+def test_a_flow_folder_without_settings_gets_the_pipelines_own_t5_block(tiny_flow):
+    """A real SD3 folder (no ``max_sequence_length`` in a default_settings.json) runs at diffusers' 256."""
+    seen = []
+    hook = tiny_flow.pipe.transformer.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True)
+    try:
+        tiny_flow.generate(ImageRequest("a red circle", num_inference_steps=1, guidance_scale=1.0))
+    finally:
+        hook.remove()
+    assert tiny_flow.max_sequence_length == 256 and seen == [tiny_flow.pipe.tokenizer_max_length + 256]
