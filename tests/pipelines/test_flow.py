@@ -88,14 +88,8 @@ def test_flow_target_trains_resumes_and_exports_an_sd3_folder_with_the_pipelines
     # the zero T5 block: trained 8 tokens long (--t5-tokens' default), written to the pack, used by the family
     assert json.loads((run / "pack" / "default_settings.json").read_text())["max_sequence_length"] == 8
     assert model.max_sequence_length == 8
-    seen = []
-    hook = model.pipe.transformer.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True)
-    try:
-        model.generate(ImageRequest("a red circle", num_inference_steps=2, guidance_scale=3.0))
-    finally:
-        hook.remove()
-    assert seen == [clip_len + 8, clip_len + 8]
+    assert _context_lengths(model, ImageRequest("a red circle", num_inference_steps=2, guidance_scale=3.0)) == [
+        clip_len + 8, clip_len + 8]
     embeds, *_ = model.pipe.encode_prompt(prompt=["a red circle"], prompt_2=["a red circle"], prompt_3=None,
                                           do_classifier_free_guidance=False, max_sequence_length=8)
     assert embeds[0, clip_len:].abs().max() == 0
@@ -105,11 +99,17 @@ def test_flow_target_trains_resumes_and_exports_an_sd3_folder_with_the_pipelines
 
 def test_a_flow_folder_without_settings_gets_the_pipelines_own_t5_block(tiny_flow):
     """A real SD3 folder (no ``max_sequence_length`` in a default_settings.json) runs at diffusers' 256."""
+    seen = _context_lengths(tiny_flow, ImageRequest("a red circle", num_inference_steps=1, guidance_scale=1.0))
+    assert tiny_flow.max_sequence_length == 256 and seen == [tiny_flow.pipe.tokenizer_max_length + 256]
+
+
+def _context_lengths(model, req) -> list[int]:
+    """The prompt-token count the transformer saw at each step of ``model.generate(req)``."""
     seen = []
-    hook = tiny_flow.pipe.transformer.register_forward_pre_hook(
+    hook = model.pipe.transformer.register_forward_pre_hook(
         lambda mod, args, kwargs: seen.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True)
     try:
-        tiny_flow.generate(ImageRequest("a red circle", num_inference_steps=1, guidance_scale=1.0))
+        model.generate(req)
     finally:
         hook.remove()
-    assert tiny_flow.max_sequence_length == 256 and seen == [tiny_flow.pipe.tokenizer_max_length + 256]
+    return seen
