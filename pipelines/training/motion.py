@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -75,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--high-t-frac", type=float, default=0.0,
                         help="fraction of each batch whose timesteps are drawn from [--high-t-min, T)")
     parser.add_argument("--high-t-min", type=int, default=700)
+    parser.add_argument("--directions", type=str, default=None,
+                        help="train on clips of these directions only (comma-separated, e.g. 'right'): a first "
+                             "stage whose clips are not time-symmetric, so that frame order pays off by itself")
     parser.add_argument("--text-lr-scale", type=float, default=0.0,
                         help="train the text tower too, at this fraction of the LR (0: frozen, its embeddings "
                              "precomputed). The mini-CLIP never saw motion words: its states for 'moving left' "
@@ -151,6 +155,18 @@ class StepBatches(torch.utils.data.Dataset):
     def __init__(self, codes: torch.Tensor, shape: tuple[int, ...], rows: dict[str, int], args: argparse.Namespace,
                  num_train_timesteps: int) -> None:
         self.codes, self.shape, self.rows, self.args, self.T = codes, shape, rows, args, num_train_timesteps
+        only = getattr(args, "directions", None)
+        self.allowed = None  # every pool row
+        if only:
+            from pipelines.worlds import motion
+
+            bad = [d for d in only.split(",") if d not in motion.DIRECTIONS]
+            if bad:
+                raise SystemExit(f"--directions: {', '.join(bad)} not among {', '.join(motion.DIRECTIONS)}")
+            wanted = [motion.DIRECTIONS.index(d) for d in only.split(",")]
+            self.allowed = np.flatnonzero(np.isin(codes[:, 3].numpy(), wanted))
+            if len(self.allowed) == 0:
+                raise SystemExit(f"--directions {only}: no clip of the pool moves that way")
 
     def __len__(self) -> int:
         return int(self.args.steps)
@@ -158,7 +174,8 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         a = self.args
         rng = common.step_rng(a.seed, step)
-        rows = rng.integers(len(self.codes), size=a.batch_size)
+        rows = (rng.integers(len(self.codes), size=a.batch_size) if self.allowed is None
+                else self.allowed[rng.integers(len(self.allowed), size=a.batch_size)])
         caps = ["" if rng.random() < a.uncond_prob else caption_from_codes(self.codes[r], rng, a.drop_prob)
                 for r in rows]
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))

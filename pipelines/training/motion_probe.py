@@ -6,7 +6,10 @@ denoised under their true caption and under the same caption with each other dir
 -> "moving up", ...). A model that uses the direction predicts the noise better under the true caption:
 the probe reports the mean relative gap ``(mean wrong loss - true loss) / true loss`` and how often the true
 caption has the lowest loss (chance: 1 in 5). It also prints how far apart the text tower puts the five
-direction captions, next to two colours, in the per-token states the UNet attends to.
+direction captions, next to two colours, in the per-token states the UNet attends to, and how much the model
+uses frame order: the relative difference between its prediction for the time-reversed clip and its
+prediction for the clip, reversed (0 for a model that cannot tell the frames' order, which therefore cannot
+tell "left" from "right").
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ def probe(pack: Path, clips: int = 24, timesteps: tuple[int, ...] = (500, 800, 9
     gen = torch.Generator().manual_seed(seed)
     gaps: dict[int, list[float]] = {t: [] for t in timesteps}
     wins: dict[int, list[bool]] = {t: [] for t in timesteps}
+    order: dict[int, list[float]] = {t: [] for t in timesteps}
     for x0, codes in zip(pool["latents"].float(), pool["codes"]):
         true_dir = int(codes[3])
         captions = []
@@ -89,9 +93,14 @@ def probe(pack: Path, clips: int = 24, timesteps: tuple[int, ...] = (500, 800, 9
             wrong = torch.cat([loss[:true_dir], loss[true_dir + 1:]])
             gaps[t].append(float((wrong.mean() - loss[true_dir]) / loss[true_dir]))
             wins[t].append(int(loss.argmin()) == true_dir)
+            mine = pred[true_dir:true_dir + 1]
+            flipped = unet(noisy[true_dir:true_dir + 1].flip(2), torch.tensor([t]),
+                           encoder_hidden_states=cond[true_dir * frames:(true_dir + 1) * frames]).sample.flip(2)
+            order[t].append(float((flipped - mine).norm() / mine.norm()))
     return {"pack": str(pack), "clips": clips, "frames": frames,
             "gap": {t: float(np.mean(v)) for t, v in gaps.items()},
             "true_caption_lowest": {t: float(np.mean(v)) for t, v in wins.items()},
+            "time_reversal_difference": {t: float(np.mean(v)) for t, v in order.items()},
             "text_separation": text_separation(text, tok)}
 
 

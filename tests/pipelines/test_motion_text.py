@@ -84,6 +84,7 @@ def test_probe_reports_caption_sensitivity_of_a_pack(text_runs):
     assert out["frames"] == 4 and set(out["gap"]) == {500, 900}
     assert all(np.isfinite(v) for v in out["gap"].values())
     assert all(0.0 <= v <= 1.0 for v in out["true_caption_lowest"].values())
+    assert all(v >= 0.0 for v in out["time_reversal_difference"].values())
     assert out["text_separation"]["colours"] > 0 and out["text_separation"]["directions"] > 0
     json.dumps(out)  # the CLI prints it
 
@@ -93,3 +94,29 @@ def test_probe_cli_refuses_a_folder_that_is_not_a_video_model(tmp_path, capsys):
         motion_probe.main([str(tmp_path)])
     assert exc.value.code == 2
     assert "not a packed video model" in capsys.readouterr().err
+
+
+def _batches(codes: torch.Tensor, **options):
+    import argparse
+
+    from pipelines.training.motion_data import captions_for
+
+    args = argparse.Namespace(seed=0, batch_size=8, steps=20, uncond_prob=0.0, drop_prob=0.3, offset_noise=0.0,
+                              noise_correlation=0.0, high_t_frac=0.0, high_t_min=700, **options)
+    rows = {c: i for i, c in enumerate(captions_for(codes))}
+    return motion_training.StepBatches(codes, (4, 4, 2, 2), rows, args, 1000)
+
+
+def test_directions_restrict_the_clips_a_run_draws():
+    from pipelines.worlds import motion
+
+    codes = torch.tensor([[0, 0, 0, d, 0] for d in range(len(motion.DIRECTIONS))] * 3)
+    right = motion.DIRECTIONS.index("right")
+    drawn = torch.cat([_batches(codes, directions="right")[step][0] for step in range(20)])
+    assert set(codes[drawn, 3].tolist()) == {right}
+    everything = torch.cat([_batches(codes, directions=None)[step][0] for step in range(20)])
+    assert len(set(codes[everything, 3].tolist())) == len(motion.DIRECTIONS)
+    with pytest.raises(SystemExit, match="sideways not among"):
+        _batches(codes, directions="right,sideways")
+    with pytest.raises(SystemExit, match="no clip of the pool"):
+        _batches(codes[codes[:, 3] != right], directions="right")
