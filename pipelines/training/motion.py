@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from pipelines.training import common, latents as lat
 from pipelines.training.ldm import SCHEDULER_CFG, _optimizer_to, min_snr_weights
 # The latent pool and captions (re-exported: they used to live here).
-from pipelines.training.motion_data import (CaptionTable, _render_chunk, build_pool, caption_from_codes,  # noqa: F401
-                                            captions_for, recipe_codes)
+from pipelines.training.motion_data import (TEXT_TOWER, CaptionTable, _render_chunk, attach_text_tower,  # noqa: F401
+                                            build_pool, caption_from_codes, caption_ids, captions_for,
+                                            check_text_source, recipe_codes)
 from pipelines.video import mixed_noise
 
 BASE_MODEL = Path("assets/models/shapes-ldm")
@@ -125,26 +126,6 @@ def split_model(model: Any, spatial_cfg: dict[str, Any], adapter_cfg: dict[str, 
     if unexpected or any("motion_modules" in k for k in missing):
         raise RuntimeError(f"motion modules do not fit the adapter: missing {missing[:4]}, unexpected {unexpected[:4]}")
     return unet2d, adapter
-
-
-TEXT_TOWER = "text_tower"  # the trained text encoder rides on the model (one state, optimizer, EMA, checkpoint)
-
-
-def attach_text_tower(model: torch.nn.Module, text_dir: Path) -> torch.nn.Module:
-    """Hang ``text_dir``'s ``CLIPTextModel`` on ``model`` as ``model.text_tower`` (``--text-lr-scale`` > 0)."""
-    from transformers import CLIPTextModel
-
-    model.add_module(TEXT_TOWER, CLIPTextModel.from_pretrained(text_dir, dtype=torch.float32, use_safetensors=True))
-    return getattr(model, TEXT_TOWER)
-
-
-def caption_ids(table: CaptionTable, tokenizer_dir: Path) -> torch.Tensor:
-    """Token ids (N, L) of the caption table's rows, padded as the pipeline pads a prompt."""
-    from transformers import CLIPTokenizer
-
-    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    return tok(list(table.captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
-               return_tensors="pt").input_ids
 
 
 # ---------------------------------------------------------------- training
@@ -237,6 +218,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     embeddings = table.embeddings.to(device)
     model, spatial_cfg, adapter_cfg = build_model(base, args.heads, args.mid_motion)
     train_text = args.text_lr_scale > 0
+    check_text_source(args, base, run_dir, train_text)
     if train_text:
         attach_text_tower(model, base / "text_encoder")
         ids_table = caption_ids(table, base / "tokenizer").to(device)

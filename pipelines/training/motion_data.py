@@ -1,7 +1,9 @@
 """The Motion latent pool of ``python -m pipelines.train motion``: Motion-world clips encoded by the VAE, their
-recipe codes, the captions a pool row can get, and the caption table encoded once by the text tower."""
+recipe codes, the captions a pool row can get, the caption table encoded once by the text tower, and the text
+tower itself when the run trains it (``--text-lr-scale``)."""
 from __future__ import annotations
 
+import argparse
 import itertools
 from pathlib import Path
 from typing import Any
@@ -112,3 +114,42 @@ class CaptionTable(lat.CaptionTable):
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"text_hash": key, "captions": captions, "embeddings": table.embeddings}, cache)
         return table
+
+
+# ---------------------------------------------------------------- the text tower (--text-lr-scale)
+
+TEXT_TOWER = "text_tower"  # the trained text encoder rides on the model (one state, optimizer, EMA, checkpoint)
+
+
+def attach_text_tower(model: torch.nn.Module, text_dir: Path) -> torch.nn.Module:
+    """Hang ``text_dir``'s ``CLIPTextModel`` on ``model`` as ``model.text_tower`` (``--text-lr-scale`` > 0)."""
+    from transformers import CLIPTextModel
+
+    model.add_module(TEXT_TOWER, CLIPTextModel.from_pretrained(text_dir, dtype=torch.float32, use_safetensors=True))
+    return getattr(model, TEXT_TOWER)
+
+
+def caption_ids(table: CaptionTable, tokenizer_dir: Path) -> torch.Tensor:
+    """Token ids (N, L) of the caption table's rows, padded as the pipeline pads a prompt."""
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    return tok(list(table.captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids
+
+
+def check_text_source(args: argparse.Namespace, base: Path, run_dir: Path, train_text: bool) -> None:
+    """Refuse a run whose text tower would silently change: resuming a run with the tower trained (or frozen)
+    the other way, or a frozen-tower run from a pack whose tower was trained (its captions were encoded by
+    the base's tower, and the pack would ship the base's)."""
+    ckpt = run_dir / "checkpoint.pt"
+    if args.resume and ckpt.is_file():
+        trained_before = bool(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["extra"]
+                              .get("text_trained"))
+        if trained_before != train_text:
+            raise SystemExit("this run was trained with the text tower " + ("trained: resume with --text-lr-scale > 0"
+                             if trained_before else "frozen: resume without --text-lr-scale"))
+    elif (args.init is not None and not train_text
+          and lat.file_hash(Path(args.init) / "text_encoder") != lat.file_hash(base / "text_encoder")):
+        raise SystemExit(f"--init {args.init}: its text tower differs from {base}'s (it was trained); "
+                         "continue with --text-lr-scale > 0")

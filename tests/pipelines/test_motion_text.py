@@ -68,6 +68,15 @@ def test_text_tower_state_is_checkpointed_and_resumed(text_runs):
         torch.testing.assert_close(a["model"][key], b["model"][key], msg=key)
 
 
+def test_a_runs_text_tower_cannot_change_silently(text_runs, tmp_path):
+    base = ["motion", "--latents", str(text_runs["pool"]), "--steps", "4", "--batch-size", "2", "--threads", "1"]
+    with pytest.raises(SystemExit, match="trained: resume with --text-lr-scale"):
+        train.main([*base, "--run-dir", str(text_runs["run"]), "--resume"])
+    with pytest.raises(SystemExit, match="its text tower differs"):
+        train.main([*base, "--run-dir", str(tmp_path / "frozen"), "--init", str(text_runs["run"] / "pack")])
+    assert not (tmp_path / "frozen" / "checkpoint.pt").exists()
+
+
 def test_init_from_a_text_trained_pack_loads_its_text_encoder(text_runs):
     pack = text_runs["run"] / "pack"
     model, _, _ = motion_training.build_model(BASE, heads=4, mid=False)
