@@ -108,3 +108,6 @@ def main(argv: Sequence[str] | None = None) -> Any:
 
 if __name__ == "__main__":
     main()
+    from pipelines.training.cpu_launch import exit_process
+
+    exit_process(0)  # a finished rank of a multi-process run skips interpreter teardown (see exit_process)

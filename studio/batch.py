@@ -45,7 +45,7 @@ from pipelines.registry import BUILTIN_MODELS_DIR, ModelLoadError, ModelRegistry
 from pipelines.requests import ImageRequest, validate_image_request
 from pipelines.schedulers import SCHEDULERS
 from pipelines.text_limits import has_visible_text
-from pipelines.training.cpu_launch import UNSPREAD_NOTE, spread_cpu_launch
+from pipelines.training.cpu_launch import UNSPREAD_NOTE, exit_process, spread_cpu_launch
 
 from .forms import number
 from .gallery import Gallery, GalleryError
@@ -394,4 +394,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -88,3 +88,21 @@ def spread_cpu_launch(module: str, argv: Sequence[str]) -> Optional[int]:
     except KeyboardInterrupt:
         proc.terminate()
         return proc.wait()
+
+
+def exit_process(code: Optional[int]) -> None:
+    """End a command-line run with ``code``. A rank of a multi-process run (``WORLD_SIZE`` > 1) ends with
+    ``os._exit`` once its output is flushed: at interpreter teardown gloo's worker threads can still hold work
+    whose destruction needs the GIL, and the rank then aborts ("terminate called without an active exception",
+    SIGABRT) after its work is done and its process group destroyed (seen once in CI on ``studio.batch``'s
+    two-rank test; pytorch/pytorch#179291 describes the race). Everything a rank writes (gallery rows,
+    checkpoints, exports) is written and closed before this is called. A single process exits as usual."""
+    code = 0 if code is None else int(code)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        import logging
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)

@@ -78,3 +78,27 @@ def test_spread_runs_torchrun_with_the_launchers_address(lone_child, monkeypatch
     assert cmd[-4:] == ["pipelines.train", "ldm", "--steps", "4"] and cmd[-5] == "-m"
     monkeypatch.setenv("RANK", "0")
     assert cpu_launch.spread_cpu_launch("pipelines.train", ["ldm"]) is None  # a rank runs the job itself
+
+
+@pytest.mark.parametrize("world_size, teardown_runs", [("2", False), ("1", True), (None, True)])
+def test_exit_process_skips_teardown_only_for_a_rank_of_a_multi_process_run(world_size, teardown_runs):
+    """A rank (WORLD_SIZE > 1) leaves with os._exit after flushing (no atexit handlers: no interpreter teardown,
+    where gloo's threads can abort the process); a single process exits as usual. The code and the output
+    arrive either way."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import atexit, sys\n"
+              "from pipelines.training.cpu_launch import exit_process\n"
+              "atexit.register(lambda: print('teardown'))\n"
+              "print('work done', end='')\n"
+              "sys.stderr.write('note')\n"
+              "exit_process(3)\n")
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    if world_size is not None:
+        env["WORLD_SIZE"] = world_size
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 3
+    assert proc.stdout.startswith("work done") and proc.stderr.startswith("note")
+    assert ("teardown" in proc.stdout) == teardown_runs
