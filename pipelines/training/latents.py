@@ -126,6 +126,12 @@ def all_captions(include_holdout: bool = False) -> list[str]:
     return out
 
 
+def prompt_ids(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """Token ids (N, L) of ``prompts``, padded and cut to the tokenizer's length as the SD pipeline does."""
+    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 @torch.no_grad()
 def encode_prompts(text_dir: Path, tokenizer_dir: Path, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Per-token hidden states (N, L, D) exactly as the SD pipeline computes prompt embeddings."""
@@ -133,11 +139,8 @@ def encode_prompts(text_dir: Path, tokenizer_dir: Path, prompts: Sequence[str], 
 
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     encoder = CLIPTextModel.from_pretrained(text_dir, dtype=torch.float32, use_safetensors=True).eval()
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        ids = tokenizer(list(prompts[i:i + batch_size]), padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
-        out.append(encoder(ids)[0].float())
+    out = [encoder(prompt_ids(tokenizer, prompts[i:i + batch_size]))[0].float()
+           for i in range(0, len(prompts), batch_size)]
     return torch.cat(out)
 
 

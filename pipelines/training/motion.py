@@ -186,13 +186,18 @@ def loss_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, x0
     return torch.maximum(w, x0_floor / snr)
 
 
-def load_init(model: torch.nn.Module, folder: Path) -> None:
-    """Copy a packed folder's spatial UNet and motion modules into ``model`` (same architecture)."""
+def packed_unet(folder: Path) -> Any:
+    """The ``UNetMotionModel`` of a packed folder: its ``unet/`` joined with its ``motion_adapter/`` (float32)."""
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
-    src = UNetMotionModel.from_unet2d(
+    return UNetMotionModel.from_unet2d(
         UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32, use_safetensors=True),
         MotionAdapter.from_pretrained(folder / "motion_adapter", torch_dtype=torch.float32, use_safetensors=True))
+
+
+def load_init(model: torch.nn.Module, folder: Path) -> None:
+    """Copy a packed folder's spatial UNet and motion modules into ``model`` (same architecture)."""
+    src = packed_unet(folder)
     if hasattr(model, TEXT_TOWER):  # the folder's text encoder (a previous run may have trained it)
         attach_text_tower(src, folder / "text_encoder")
     model.load_state_dict(src.state_dict(), strict=True)

@@ -133,9 +133,7 @@ def caption_ids(table: CaptionTable, tokenizer_dir: Path) -> torch.Tensor:
     """Token ids (N, L) of the caption table's rows, padded as the pipeline pads a prompt."""
     from transformers import CLIPTokenizer
 
-    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    return tok(list(table.captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
-               return_tensors="pt").input_ids
+    return lat.prompt_ids(CLIPTokenizer.from_pretrained(tokenizer_dir), table.captions)
 
 
 def check_text_source(args: argparse.Namespace, base: Path, run_dir: Path, train_text: bool) -> None:

@@ -24,21 +24,19 @@ import torch
 
 
 def _load(pack: Path) -> tuple[Any, Any, Any]:
-    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    unet = UNetMotionModel.from_unet2d(
-        UNet2DConditionModel.from_pretrained(pack / "unet", torch_dtype=torch.float32, use_safetensors=True),
-        MotionAdapter.from_pretrained(pack / "motion_adapter", torch_dtype=torch.float32, use_safetensors=True))
+    from pipelines.training.motion import packed_unet
+
     text = CLIPTextModel.from_pretrained(pack / "text_encoder", dtype=torch.float32, use_safetensors=True)
-    return unet.eval(), text.eval(), CLIPTokenizer.from_pretrained(pack / "tokenizer")
+    return packed_unet(pack).eval(), text.eval(), CLIPTokenizer.from_pretrained(pack / "tokenizer")
 
 
 @torch.no_grad()
 def _states(text: Any, tok: Any, captions: list[str]) -> torch.Tensor:
-    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids
-    return text(ids)[0].float()
+    from pipelines.training.latents import prompt_ids
+
+    return text(prompt_ids(tok, captions))[0].float()
 
 
 def text_separation(text: Any, tok: Any) -> dict[str, float]:
