@@ -177,11 +177,14 @@ def test_train_tab_runs_a_short_training_then_generate_uses_its_checkpoint(train
     studio = training_studio
     page.goto(studio.url)
     page.get_by_role("tab", name="Train").click()
-    _pick(page, "train-target", "VAE: fine-tune the builtin's decoder")  # the form follows the target
+    from studio.training_spec import TARGETS
+
+    # the whole option label: with a prefix, Enter picks the option and the box may show its full label
+    _pick(page, "train-target", TARGETS["vae-decoder"].label)  # the form follows the target
     page.wait_for_function("document.querySelector('#train-objective').innerText.includes('frozen encoder')",
                            timeout=30_000)
     assert page.locator("#train-ema input").is_disabled() and page.locator("#train-steps input").input_value() == "200"
-    _pick(page, "train-target", "Latent diffusion: a fresh UNet")
+    _pick(page, "train-target", TARGETS["ldm-fresh"].label)
     page.wait_for_function("document.querySelector('#train-objective').innerText.includes('a new UNet')",
                            timeout=30_000)
     assert page.locator("#train-ema input").is_enabled()
