@@ -205,11 +205,22 @@ class Checkpointer:
         return self.path
 
     def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-             ema: EMA | None = None, restore_rng: bool = True) -> dict[str, Any] | None:
-        """Restore into the given objects; returns the checkpoint (``["step"]``...) or None if absent."""
+             ema: EMA | None = None, restore_rng: bool = True,
+             config: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        """Restore into the given objects; returns the checkpoint (``["step"]``...) or None if absent.
+
+        ``config=(key, cfg)``: the run's model config, stored as JSON under ``extra[key]``; a checkpoint of
+        another architecture is refused with both configs' differences instead of a state-dict error."""
         if not self.path.is_file():
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if config is not None and config[0] in state["extra"]:
+            saved = json.loads(state["extra"][config[0]])
+            diff = {k: (saved.get(k), v) for k, v in config[1].items() if saved.get(k) != v}
+            if diff:
+                raise SystemExit(f"{self.path} holds another architecture (saved, asked): "
+                                 + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in sorted(diff.items()))
+                                 + "; resume with the run's own options or use another --run-dir")
         model.load_state_dict(state["model"])
         if optimizer is not None and state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -253,6 +264,18 @@ def progress(total: int, initial: int = 0, desc: str = "train") -> Any:
     interactive = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, unit="step",
                 mininterval=0.5 if interactive else 30.0)
+
+
+def add_patch_argument(parser: Any) -> None:
+    parser.add_argument("--patch-size", type=int, default=2,
+                        help="latent cells per image token side: 2 cuts the 16x16 latent into 64 tokens, 1 into 256 "
+                             "(four times the tokens: finer detail, slower steps)")
+
+
+def check_patch_size(patch_size: int, sample_size: int) -> int:
+    if patch_size < 1 or sample_size % patch_size:
+        raise SystemExit(f"--patch-size {patch_size}: it must be a divisor of the latent size {sample_size}")
+    return patch_size
 
 
 def init_from_export(model: Any, cls: Any, folder: Path, cfg: dict[str, Any], flag: str, hint: str,

@@ -1,7 +1,7 @@
 """Train the shapes-dit class-conditional Diffusion Transformer: ``python -m pipelines.train dit``.
 
 DiT (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"): the 16x16x4 latent of the
-shared shapes VAE is cut into 2x2 patches (64 tokens), transformer blocks with adaLN-Zero
+shared shapes VAE is cut into 2x2 patches (64 tokens; ``--patch-size 1``: 256), transformer blocks with adaLN-Zero
 conditioning on (timestep, class) denoise them. It is diffusers' ``DiTTransformer2DModel``, so the
 result is an ordinary ``DiTPipeline`` folder (transformer, vae, scheduler, ``id2label``) that loads
 like ``facebook/DiT-XL-2-256``.
@@ -57,9 +57,10 @@ def pool_labels(recipes: torch.Tensor) -> torch.Tensor:
     return torch.tensor([ids[f"{colours[int(r[0])]} {shape_names[int(r[1])]}"] for r in recipes], dtype=torch.long)
 
 
-def dit_config(hidden: int = 256, layers: int = 6, head_dim: int = 64) -> dict[str, Any]:
+def dit_config(hidden: int = 256, layers: int = 6, head_dim: int = 64, patch_size: int = 2) -> dict[str, Any]:
     return {"num_attention_heads": hidden // head_dim, "attention_head_dim": head_dim, "in_channels": 4,
-            "out_channels": 4, "num_layers": layers, "sample_size": 16, "patch_size": 2,
+            "out_channels": 4, "num_layers": layers, "sample_size": 16,
+            "patch_size": common.check_patch_size(patch_size, 16),
             "num_embeds_ada_norm": 1000, "norm_type": "ada_norm_zero", "norm_elementwise_affine": False}
 
 
@@ -70,13 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", type=int, default=50_000, help="renders in the latent pool")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=6)
+    common.add_patch_argument(parser)
     parser.add_argument("--uncond-prob", type=float, default=0.1)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--min-lr-ratio", type=float, default=0.05)
     parser.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR weighting (0: plain MSE)")
     parser.add_argument("--init-transformer", type=Path, default=None,
-                        help="start a fresh schedule from these exported weights (same --hidden and --layers)")
+                        help="start a fresh schedule from these exported weights (same --hidden, --layers and --patch-size)")
     add_sample_arguments(parser, steps=20, guidance=3.0, prompts=DIT_SAMPLE_LABELS, what="class names")
 
 
@@ -133,7 +135,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     pool = lat.load_latent_pool(pool_path)
     latents_all = pool["latents"].to(device)
     labels_all = pool_labels(pool["recipes"]).to(device)
-    cfg = dit_config(args.hidden, args.layers)
+    cfg = dit_config(args.hidden, args.layers, patch_size=args.patch_size)
     model = DiTTransformer2DModel(**cfg).train()
     n_params = sum(p.numel() for p in model.parameters())
     noise_sched = DDPMScheduler(**SCHEDULER_CFG)
@@ -146,10 +148,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     start = 0
     if args.init_transformer is not None and not (args.resume and ckpt.path.is_file()):
         common.init_from_export(model, DiTTransformer2DModel, args.init_transformer, cfg, "--init-transformer",
-                                "--hidden and --layers", extra, omit=("id2label",))
+                                "--hidden, --layers and --patch-size", extra, omit=("id2label",))
         ema = common.EMA(model, decay=args.ema_decay)
     if args.resume:
-        state = ckpt.load(model, optimizer, ema)
+        state = ckpt.load(model, optimizer, ema, config=("dit_config", cfg))
         if state is not None:
             start = int(state["step"])
     model.to(device)

@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=192)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--head-dim", type=int, default=32)
+    common.add_patch_argument(parser)
     parser.add_argument("--uncond-prob", type=float, default=0.1)
     parser.add_argument("--drop-prob", type=float, default=0.3, help="per-attribute caption dropping")
     parser.add_argument("--ema-decay", type=float, default=0.999)
@@ -63,11 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def transformer_config(hidden: int, layers: int, head_dim: int, text_dim: int, pooled_dim: int,
-                       sample_size: int = 16) -> dict[str, Any]:
-    return {"sample_size": sample_size, "patch_size": 2, "in_channels": 4, "out_channels": 4, "num_layers": layers,
+                       sample_size: int = 16, patch_size: int = 2) -> dict[str, Any]:
+    return {"sample_size": sample_size, "patch_size": common.check_patch_size(patch_size, sample_size), "in_channels": 4, "out_channels": 4, "num_layers": layers,
             "attention_head_dim": head_dim, "num_attention_heads": hidden // head_dim,
             "joint_attention_dim": text_dim, "caption_projection_dim": hidden, "pooled_projection_dim": pooled_dim,
-            "pos_embed_max_size": sample_size // 2}
+            "pos_embed_max_size": sample_size // patch_size}
 
 
 def prepare_text(args: argparse.Namespace) -> Path:
@@ -164,7 +165,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     latents_all = pool["latents"].to(device)
     text_cfg = json.loads((text / "text_encoder" / "config.json").read_text())
     cfg = transformer_config(args.hidden, args.layers, args.head_dim, 2 * int(text_cfg["hidden_size"]),
-                             2 * int(text_cfg["projection_dim"]), sample_size=int(latents_all.shape[-1]))
+                             2 * int(text_cfg["projection_dim"]), sample_size=int(latents_all.shape[-1]),
+                             patch_size=args.patch_size)
     model = SD3Transformer2DModel(**cfg).train()
     n_params = sum(p.numel() for p in model.parameters())
     table = caption_table(build_pipeline(model, Path(args.vae_dir), text), run_dir / "captions.pt", text_hash)
@@ -177,7 +179,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
              "scaling_factor": float(pool["scaling_factor"]), "t5_tokens": int(args.t5_tokens)}
     start = 0
     if args.resume:
-        state = ckpt.load(model, optimizer, ema)
+        state = ckpt.load(model, optimizer, ema, config=("transformer_config", cfg))
         start = int(state["step"]) if state is not None else 0
         if state is not None and int(state["extra"].get("t5_tokens", T5_TOKENS)) != args.t5_tokens:
             raise SystemExit(f"--t5-tokens {args.t5_tokens}: this run was trained with "

@@ -106,3 +106,16 @@ def test_dit_training_target_trains_exports_and_samples(tmp_path):
     with pytest.raises(SystemExit, match="config differs"):
         train_main(["dit", "--run-dir", str(tmp_path / "bad"), "--latents", str(run / "latents.pt"), "--steps", "2",
                     "--hidden", "64", "--layers", "2", "--init-transformer", str(run / "transformer")])
+
+    # --patch-size 1: 256 tokens of one latent cell each; a resume cannot switch a run's patch size
+    small = ["--latents", str(run / "latents.pt"), "--hidden", "64", "--layers", "1", "--batch-size", "4"]
+    train_main(["dit", "--run-dir", str(tmp_path / "p1"), *small, "--steps", "1", "--patch-size", "1"])
+    from diffusers import DiTTransformer2DModel
+    p1 = DiTTransformer2DModel.from_pretrained(tmp_path / "p1" / "transformer")
+    assert p1.config.patch_size == 1 and p1.pos_embed.height == 16
+    out = p1(torch.randn(1, 4, 16, 16), timestep=torch.tensor([10]), class_labels=torch.tensor([0])).sample
+    assert out.shape == (1, 4, 16, 16)
+    with pytest.raises(SystemExit, match="patch_size 2 vs 1"):
+        train_main(["dit", "--run-dir", str(run), *small, "--steps", "8", "--patch-size", "1", "--resume"])
+    with pytest.raises(SystemExit, match="--patch-size 3: it must be a divisor of the latent size 16"):
+        train_main(["dit", "--run-dir", str(tmp_path / "p3"), *small, "--steps", "1", "--patch-size", "3"])

@@ -95,6 +95,16 @@ def test_flow_target_trains_resumes_and_exports_an_sd3_folder_with_the_pipelines
     assert embeds[0, clip_len:].abs().max() == 0
     with pytest.raises(SystemExit, match="trained with 8"):  # a resume cannot change the block's length
         train_main([*args, "--steps", "6", "--resume", "--t5-tokens", "16"])
+    with pytest.raises(SystemExit, match="patch_size 2 vs 1"):  # nor the transformer's patch size
+        train_main([*args, "--steps", "6", "--resume", "--patch-size", "1"])
+    # --patch-size 1 (256 image tokens) trains and exports an SD3 folder the family samples
+    p1 = tmp_path / "flow-p1"
+    train_main([*args[:2], str(p1), *args[3:], "--latents", str(run / "latents.pt"), "--steps", "1",
+                "--patch-size", "1"])
+    model = load_model(ModelRegistry(builtin_dir=None, user_dir=tmp_path).get("local/flow-p1/pack"),
+                       resolve_device("cpu"))
+    assert model.pipe.transformer.config.patch_size == 1
+    assert model.generate(ImageRequest("a red circle", num_inference_steps=2)).images[0].size == (64, 64)
 
 
 def test_a_flow_folder_without_settings_gets_the_pipelines_own_t5_block(tiny_flow):
