@@ -84,6 +84,16 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# Modules a trainer hangs on a network for training only (prefix of their state-dict keys -> the option that
+# adds them): kept in checkpoints, never in exports or sample grids (:func:`network_state`).
+TRAINING_ONLY: dict[str, str] = {"repa_head.": "--repa-weight"}
+
+
+def network_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the keys of :data:`TRAINING_ONLY` modules: what the exported network holds."""
+    return {k: v for k, v in state.items() if not k.startswith(tuple(TRAINING_ONLY))}
+
+
 class EMA:
     """Exponential moving average of a model's floating-point state (Polyak averaging)."""
 
@@ -103,6 +113,8 @@ class EMA:
         """Load the averaged weights into ``model`` (in place)."""
         state = model.state_dict()
         for k, v in self.shadow.items():
+            if k not in state and k.startswith(tuple(TRAINING_ONLY)):
+                continue  # a sample network without the training-only head
             state[k].copy_(v)
 
     def state_dict(self) -> dict[str, Any]:
@@ -162,9 +174,9 @@ def stopped_early(stop: int, args: Any) -> bool:
 
 def load_trained(model: torch.nn.Module, state: dict[str, Any], use_ema: bool = True) -> torch.nn.Module:
     """Load a checkpoint's weights into ``model``, then its EMA average over them (what ships)."""
-    model.load_state_dict(state["model"])
+    model.load_state_dict(network_state(state["model"]))
     if use_ema and state.get("ema") is not None:
-        model.load_state_dict(dict(state["ema"]["shadow"]), strict=False)
+        model.load_state_dict(network_state(dict(state["ema"]["shadow"])), strict=False)
     return model
 
 
@@ -206,21 +218,31 @@ class Checkpointer:
 
     def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
              ema: EMA | None = None, restore_rng: bool = True,
-             config: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+             config: tuple[str, dict[str, Any]] | list[tuple[str, dict[str, Any]]] | None = None
+             ) -> dict[str, Any] | None:
         """Restore into the given objects; returns the checkpoint (``["step"]``...) or None if absent.
 
-        ``config=(key, cfg)``: the run's model config, stored as JSON under ``extra[key]``; a checkpoint of
-        another architecture is refused with both configs' differences instead of a state-dict error."""
+        ``config=(key, cfg)`` (or a list of them): the run's model config, stored as JSON under ``extra[key]``; a
+        checkpoint of another architecture is refused with both configs' differences instead of a state-dict
+        error, and so is one that has a :data:`TRAINING_ONLY` module the model lacks, or the reverse."""
         if not self.path.is_file():
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if config is not None and config[0] in state["extra"]:
-            saved = json.loads(state["extra"][config[0]])
-            diff = {k: (saved.get(k), v) for k, v in config[1].items() if saved.get(k) != v}
+        for key, cfg in [config] if isinstance(config, tuple) else (config or []):
+            if key not in state["extra"]:
+                continue
+            saved = json.loads(state["extra"][key])
+            diff = {k: (saved.get(k), v) for k, v in cfg.items() if saved.get(k) != v}
             if diff:
                 raise SystemExit(f"{self.path} holds another architecture (saved, asked): "
                                  + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in sorted(diff.items()))
                                  + "; resume with the run's own options or use another --run-dir")
+        for prefix, option in TRAINING_ONLY.items():
+            saved_has = any(k.startswith(prefix) for k in state["model"])
+            if saved_has != any(k.startswith(prefix) for k in model.state_dict()):
+                raise SystemExit(f"{self.path} was trained {'with' if saved_has else 'without'} {option}; resume "
+                                 f"{'with' if saved_has else 'without'} it (the run's own options) or use another "
+                                 "--run-dir")
         model.load_state_dict(state["model"])
         if optimizer is not None and state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])

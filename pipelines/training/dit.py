@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipelines.training import common, latents as lat
+from pipelines.training import common, latents as lat, repa
 from pipelines.training.family_samples import DIT_SAMPLE_LABELS, DiTGrids
 from pipelines.training.ldm import _optimizer_to, min_snr_weights
 from pipelines.training.ldm_samples import add_sample_arguments
@@ -72,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=6)
     common.add_patch_argument(parser)
+    repa.add_arguments(parser)
     parser.add_argument("--uncond-prob", type=float, default=0.1)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--warmup", type=int, default=500)
@@ -138,20 +139,23 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     cfg = dit_config(args.hidden, args.layers, patch_size=args.patch_size)
     model = DiTTransformer2DModel(**cfg).train()
     n_params = sum(p.numel() for p in model.parameters())
+    repa_extra: dict[str, Any] = {}
+    alignment = repa.setup(model, args, cfg, device, repa_extra)
     noise_sched = DDPMScheduler(**SCHEDULER_CFG)
     alphas = noise_sched.alphas_cumprod.float().to(device)
     optimizer = torch.optim.AdamW(common.decay_groups(model, 0.0), lr=args.lr, betas=(0.9, 0.999))
     ema = common.EMA(model, decay=args.ema_decay)
     ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
     extra = {"dit_config": json.dumps(cfg), "id2label": json.dumps(dict(enumerate(class_names()))),
-             "vae_hash": str(pool.get("vae_hash", "")), "scaling_factor": float(pool["scaling_factor"])}
+             "vae_hash": str(pool.get("vae_hash", "")), "scaling_factor": float(pool["scaling_factor"]), **repa_extra}
     start = 0
     if args.init_transformer is not None and not (args.resume and ckpt.path.is_file()):
         common.init_from_export(model, DiTTransformer2DModel, args.init_transformer, cfg, "--init-transformer",
                                 "--hidden, --layers and --patch-size", extra, omit=("id2label",))
         ema = common.EMA(model, decay=args.ema_decay)
     if args.resume:
-        state = ckpt.load(model, optimizer, ema, config=("dit_config", cfg))
+        state = ckpt.load(model, optimizer, ema, config=[("dit_config", cfg), *(
+            [("repa", repa.config(args))] if alignment is not None else [])])
         if state is not None:
             start = int(state["step"])
     model.to(device)
@@ -182,14 +186,16 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             pred = model(noise_sched.add_noise(x0, noise, t), timestep=t, class_labels=labels).sample
             per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
             loss = (per * min_snr_weights(alphas, t, args.snr_gamma)).mean()
+            aligned = alignment.loss(model, repa.renders(pool, rows.tolist())) if alignment is not None else None
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if aligned is None else loss + alignment.weight * aligned).backward()
             gnorm = common.clip_grad(model.parameters(), 1.0)
             optimizer.step()
             ema.decay = min(args.ema_decay, (1 + step) / (10 + step))
             ema.update(model)
             loss_value = loss.item()
-            log.log(step + 1, loss=loss_value, mse=per.mean().item(), lr=lr, grad_norm=gnorm)
+            log.log(step + 1, loss=loss_value, mse=per.mean().item(), lr=lr, grad_norm=gnorm,
+                    **({"repa": aligned.item()} if aligned is not None else {}))
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
             stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)

@@ -45,7 +45,7 @@ class _Grids:
             self.pipe = self._build(self.cls(**self.cfg)).to(self.device)
             self.pipe.set_progress_bar_config(disable=True)
         net = self.network()
-        net.load_state_dict(model.state_dict())  # non-float buffers, then the averaged weights
+        net.load_state_dict(common.network_state(model.state_dict()))  # non-float buffers, then the EMA
         ema.copy_to(net)
         net.eval()
         devices = [self.device] if self.device.type == "cuda" else []

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipelines.training import common, latents as lat
+from pipelines.training import common, latents as lat, repa
 from pipelines.training.family_samples import FlowGrids
 from pipelines.training.ldm import _optimizer_to, sample_captions
 from pipelines.training.ldm_samples import add_sample_arguments
@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--head-dim", type=int, default=32)
     common.add_patch_argument(parser)
+    repa.add_arguments(parser)
     parser.add_argument("--uncond-prob", type=float, default=0.1)
     parser.add_argument("--drop-prob", type=float, default=0.3, help="per-attribute caption dropping")
     parser.add_argument("--ema-decay", type=float, default=0.999)
@@ -169,6 +170,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                              patch_size=args.patch_size)
     model = SD3Transformer2DModel(**cfg).train()
     n_params = sum(p.numel() for p in model.parameters())
+    repa_extra: dict[str, Any] = {}
+    alignment = repa.setup(model, args, cfg, device, repa_extra)
     table = caption_table(build_pipeline(model, Path(args.vae_dir), text), run_dir / "captions.pt", text_hash)
     rows_of = {c: i for i, c in enumerate(table["captions"])}
     embeds, pooled = table["embeds"].to(device), table["pooled"].to(device)
@@ -176,10 +179,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     ema = common.EMA(model, decay=args.ema_decay)
     ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
     extra = {"transformer_config": json.dumps(cfg), "text_hash": text_hash, "vae_hash": str(pool.get("vae_hash", "")),
-             "scaling_factor": float(pool["scaling_factor"]), "t5_tokens": int(args.t5_tokens)}
+             "scaling_factor": float(pool["scaling_factor"]), "t5_tokens": int(args.t5_tokens), **repa_extra}
     start = 0
     if args.resume:
-        state = ckpt.load(model, optimizer, ema, config=("transformer_config", cfg))
+        state = ckpt.load(model, optimizer, ema, config=[("transformer_config", cfg), *(
+            [("repa", repa.config(args))] if alignment is not None else [])])
         start = int(state["step"]) if state is not None else 0
         if state is not None and int(state["extra"].get("t5_tokens", T5_TOKENS)) != args.t5_tokens:
             raise SystemExit(f"--t5-tokens {args.t5_tokens}: this run was trained with "
@@ -216,14 +220,16 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             pred = model(hidden_states=x_s, encoder_hidden_states=context, pooled_projections=pooled[cap],
                          timestep=s * 1000).sample
             loss = F.mse_loss(pred.float(), noise - x0)
+            aligned = alignment.loss(model, repa.renders(pool, rows)) if alignment is not None else None
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if aligned is None else loss + alignment.weight * aligned).backward()
             gnorm = common.clip_grad(model.parameters(), 1.0)
             optimizer.step()
             ema.decay = min(args.ema_decay, (1 + step) / (10 + step))
             ema.update(model)
             loss_value = loss.item()
-            log.log(step + 1, loss=loss_value, lr=lr, grad_norm=gnorm)
+            log.log(step + 1, loss=loss_value, lr=lr, grad_norm=gnorm,
+                    **({"repa": aligned.item()} if aligned is not None else {}))
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
