@@ -86,7 +86,7 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 # Modules a trainer hangs on a network for training only (prefix of their state-dict keys -> the option that
 # adds them): kept in checkpoints, never in exports or sample grids (:func:`network_state`).
-TRAINING_ONLY: dict[str, str] = {"repa_head.": "--repa-weight"}
+TRAINING_ONLY: dict[str, str] = {"repa_head.": "--repa-weight", "motion_aux_head.": "--motion-aux-weight"}
 
 
 def network_state(state: dict[str, Any]) -> dict[str, Any]:

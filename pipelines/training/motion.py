@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.training import common, latents as lat
+from pipelines.training import common, latents as lat, motion_aux
 from pipelines.training.ldm import SCHEDULER_CFG, _optimizer_to, min_snr_weights
 # The latent pool and captions (re-exported: they used to live here).
 from pipelines.training.motion_data import (TEXT_TOWER, CaptionTable, _render_chunk, attach_text_tower,  # noqa: F401
@@ -84,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train the text tower too, at this fraction of the LR (0: frozen, its embeddings "
                              "precomputed). The mini-CLIP never saw motion words: its states for 'moving left' "
                              "and 'moving up' differ ten times less than for 'red' and 'blue'")
+    motion_aux.add_arguments(parser)
 
 
 ACCELERATED = True
@@ -231,17 +232,20 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         load_init(model, Path(args.init))
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
+    aux = motion_aux.setup(model, args, int(latents_all.shape[-1]))
+    aux_params = [p for n, p in model.named_parameters() if n.startswith(motion_aux.HEAD + ".")]
     motion_params = [p for n, p in model.named_parameters() if ".motion_modules." in n]
     text_params = [p for n, p in model.named_parameters() if n.startswith(TEXT_TOWER + ".")]
     spatial_params = [p for n, p in model.named_parameters() if ".motion_modules." not in n
-                      and not n.startswith(TEXT_TOWER + ".")
+                      and not n.startswith((TEXT_TOWER + ".", motion_aux.HEAD + "."))
                       and (args.spatial == "all" or (args.spatial == "attention" and ".attentions." in n))]
-    trained_ids = {id(p) for p in motion_params + spatial_params + text_params}
+    trained_ids = {id(p) for p in motion_params + spatial_params + text_params + aux_params}
     for p in model.parameters():  # frozen layers before the first trained one then need no backward at all
         p.requires_grad_(id(p) in trained_ids)
     optimizer = torch.optim.AdamW([{"params": motion_params, "lr_scale": 1.0},
                                    {"params": spatial_params, "lr_scale": args.spatial_lr_scale},
-                                   {"params": text_params, "lr_scale": args.text_lr_scale}],
+                                   {"params": text_params, "lr_scale": args.text_lr_scale},
+                                   *([{"params": aux_params, "lr_scale": 1.0}] if aux is not None else [])],
                                   lr=args.lr, weight_decay=0.0)
     noise_sched = DDPMScheduler(**SCHEDULER_CFG)
     alphas = noise_sched.alphas_cumprod.float().to(device)
@@ -287,14 +291,16 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         pred = model(noisy, t, encoder_hidden_states=cond).sample
         per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3, 4))
         loss = (per * loss_weights(alphas, t, args.snr_gamma, args.x0_weight_floor)).mean()
+        path = aux.loss(model, pool["codes"][rows], frames) if aux is not None else None
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = common.clip_grad(motion_params + spatial_params + text_params, 1.0)
+        (loss if path is None else loss + aux.weight * path).backward()
+        gnorm = common.clip_grad(motion_params + spatial_params + text_params + aux_params, 1.0)
         optimizer.step()
         ema.decay = min(args.ema_decay, (1 + step) / (10 + step))
         ema.update(model)
         loss_value = loss.item()
-        log.log(step + 1, loss=loss_value, mse=per.mean().item(), lr=lr, grad_norm=gnorm)
+        log.log(step + 1, loss=loss_value, mse=per.mean().item(), lr=lr, grad_norm=gnorm,
+                **({"path": path.item()} if path is not None else {}))
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
         stop = common.fit_budget(budget, step + 1, args, bar, extra, stop)
