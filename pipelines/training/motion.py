@@ -291,7 +291,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         pred = model(noisy, t, encoder_hidden_states=cond).sample
         per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3, 4))
         loss = (per * loss_weights(alphas, t, args.snr_gamma, args.x0_weight_floor)).mean()
-        path = aux.loss(model, pool["codes"][rows], frames) if aux is not None else None
+        path = aux.loss(model, pool["codes"][rows], frames, t) if aux is not None else None
         optimizer.zero_grad(set_to_none=True)
         (loss if path is None else loss + aux.weight * path).backward()
         gnorm = common.clip_grad(motion_params + spatial_params + text_params + aux_params, 1.0)
