@@ -243,24 +243,35 @@ def export_pack(transformer_dir: Path, vae_dir: Path, out: Path, guidance: float
 
 
 def quick_eval(transformer_dir: Path, vae_dir: Path, per_class: int = 4, guidance: float = 3.0, steps: int = 20,
-               device: str = "cpu") -> dict[str, float]:
-    """Colour and shape accuracy of ``per_class`` samples of every class (the Shapes judge)."""
-    from pipelines.judges.shapes import judge
+               device: str = "cpu") -> dict[str, Any]:
+    """Colour and shape accuracy of ``per_class`` samples of every class (the Shapes judge), the shape
+    accuracy per asked shape (``shape_by_shape``) and the judge's readings of the wrong ones
+    (``shape_confusions``: "asked->read" counts; "none" when no object was found)."""
+    from collections import Counter
+
+    from pipelines.judges.shapes import describe
 
     pipe = sample_pipeline(transformer_dir, vae_dir).to(device)
     names = class_names()
     right = {"colour": 0, "shape": 0}
+    per_shape: dict[str, list[int]] = {}
+    confusions: Counter[str] = Counter()
     total = 0
     for k, name in enumerate(names):
         colour, shape = name.split(" ", 1)
         gen = torch.Generator("cpu").manual_seed(k)
         images = pipe([k] * per_class, guidance_scale=guidance, num_inference_steps=steps, generator=gen).images
         for im in images:
-            verdict = judge(im, {"colour": colour, "shape": shape})
-            right["colour"] += verdict["colour"]
-            right["shape"] += verdict["shape"]
+            seen = describe(im)
+            right["colour"] += seen["colour"] == colour
+            right["shape"] += seen["shape"] == shape
+            per_shape.setdefault(shape, []).append(int(seen["shape"] == shape))
+            if seen["shape"] != shape:
+                confusions[f"{shape}->{seen['shape'] or 'none'}"] += 1
             total += 1
-    return {key: value / total for key, value in right.items()} | {"n": float(total)}
+    return {key: value / total for key, value in right.items()} | {
+        "n": float(total), "shape_by_shape": {s: sum(v) / len(v) for s, v in per_shape.items()},
+        "shape_confusions": dict(confusions.most_common())}
 
 
 def cli(argv: list[str] | None = None) -> None:

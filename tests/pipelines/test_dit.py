@@ -96,6 +96,12 @@ def test_dit_training_target_trains_exports_and_samples(tmp_path):
     vae = Path(__file__).resolve().parents[2] / "assets" / "models" / "shapes-ldm" / "vae"
     scores = quick_eval(run / "transformer", vae, per_class=1, steps=2)
     assert scores["n"] == 44 and 0 <= scores["colour"] <= 1 and 0 <= scores["shape"] <= 1
+    by_shape = scores["shape_by_shape"]
+    assert set(by_shape) == {"circle", "square", "triangle", "diamond", "star", "cross"}
+    # the per-shape figures and the confusion counts add up to the overall shape accuracy
+    wrong = sum(scores["shape_confusions"].values())
+    assert wrong == round(44 * (1 - scores["shape"]))
+    assert all(key.split("->")[0] in by_shape for key in scores["shape_confusions"])
 
     # a second stage starts from the export; a different shape is refused with the reason
     train_main(["dit", "--run-dir", str(tmp_path / "stage2"), "--latents", str(run / "latents.pt"), "--steps", "2",
