@@ -16,6 +16,8 @@ the unconditional branch) with probability ``--uncond-prob``; the label table th
 Objective: epsilon MSE on DiT's schedule (linear betas 1e-4..0.02, 1000 steps; its SNR at t=999 is
 ~4e-5, so no offset noise is needed), Min-SNR-gamma weighting, AdamW, warm-up + cosine LR, gradient
 clipping, EMA of the weights (what ships). The latent pool is the LDM's (:mod:`pipelines.training.latents`).
+``--teacher DIR`` replaces the drawn noise as the target by a trained LDM's prediction on the same ``x_t``
+(distillation, :mod:`pipelines.training.teacher`).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipelines.training import common, latents as lat, repa
+from pipelines.training import common, latents as lat, repa, teacher as distil
 from pipelines.training.family_samples import DIT_SAMPLE_LABELS, DiTGrids
 from pipelines.training.ldm import _optimizer_to, min_snr_weights
 from pipelines.training.ldm_samples import add_sample_arguments
@@ -73,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=6)
     common.add_patch_argument(parser)
     repa.add_arguments(parser)
+    distil.add_arguments(parser)
     parser.add_argument("--uncond-prob", type=float, default=0.1)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--warmup", type=int, default=500)
@@ -143,11 +146,14 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     alignment = repa.setup(model, args, cfg, device, repa_extra)
     noise_sched = DDPMScheduler(**SCHEDULER_CFG)
     alphas = noise_sched.alphas_cumprod.float().to(device)
+    teacher = (distil.Teacher(args.teacher, [f"a {name}" for name in class_names()], noise_sched.alphas_cumprod,
+                              device, args.teacher_mix) if args.teacher is not None else None)
     optimizer = torch.optim.AdamW(common.decay_groups(model, 0.0), lr=args.lr, betas=(0.9, 0.999))
     ema = common.EMA(model, decay=args.ema_decay)
     ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
     extra = {"dit_config": json.dumps(cfg), "id2label": json.dumps(dict(enumerate(class_names()))),
-             "vae_hash": str(pool.get("vae_hash", "")), "scaling_factor": float(pool["scaling_factor"]), **repa_extra}
+             "vae_hash": str(pool.get("vae_hash", "")), "scaling_factor": float(pool["scaling_factor"]), **repa_extra,
+             **({"teacher": json.dumps(distil.record(args))} if teacher is not None else {})}
     start = 0
     if args.init_transformer is not None and not (args.resume and ckpt.path.is_file()):
         common.init_from_export(model, DiTTransformer2DModel, args.init_transformer, cfg, "--init-transformer",
@@ -183,8 +189,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             x0 = latents_all[rows].float()
             labels = torch.where(drop.to(device), torch.full_like(rows, NULL_CLASS), labels_all[rows])
             noise, t = noise.to(device, non_blocking=True), t.to(device, non_blocking=True)
-            pred = model(noise_sched.add_noise(x0, noise, t), timestep=t, class_labels=labels).sample
-            per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+            x_t = noise_sched.add_noise(x0, noise, t)
+            target = (teacher.targets(x_t, t, torch.where(labels == NULL_CLASS, teacher.null_row, labels), noise)
+                      if teacher is not None else noise)
+            pred = model(x_t, timestep=t, class_labels=labels).sample
+            per = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
             loss = (per * min_snr_weights(alphas, t, args.snr_gamma)).mean()
             aligned = alignment.loss(model, repa.renders(pool, rows.tolist())) if alignment is not None else None
             optimizer.zero_grad(set_to_none=True)
