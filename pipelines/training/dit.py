@@ -146,8 +146,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     alignment = repa.setup(model, args, cfg, device, repa_extra)
     noise_sched = DDPMScheduler(**SCHEDULER_CFG)
     alphas = noise_sched.alphas_cumprod.float().to(device)
-    teacher = (distil.Teacher(args.teacher, [f"a {name}" for name in class_names()], noise_sched.alphas_cumprod,
-                              device, args.teacher_mix) if args.teacher is not None else None)
+    teacher = (distil.Teacher(args.teacher, [f"a {name}" for name in class_names()], device, args.teacher_mix,
+                              student_alphas=noise_sched.alphas_cumprod) if args.teacher is not None else None)
     optimizer = torch.optim.AdamW(common.decay_groups(model, 0.0), lr=args.lr, betas=(0.9, 0.999))
     ema = common.EMA(model, decay=args.ema_decay)
     ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
@@ -190,8 +190,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             labels = torch.where(drop.to(device), torch.full_like(rows, NULL_CLASS), labels_all[rows])
             noise, t = noise.to(device, non_blocking=True), t.to(device, non_blocking=True)
             x_t = noise_sched.add_noise(x0, noise, t)
-            target = (teacher.targets(x_t, t, torch.where(labels == NULL_CLASS, teacher.null_row, labels), noise)
-                      if teacher is not None else noise)
+            target = noise if teacher is None else teacher.epsilon_targets(
+                x_t, t, torch.where(labels == NULL_CLASS, teacher.null_row, labels), noise)
             pred = model(x_t, timestep=t, class_labels=labels).sample
             per = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
             loss = (per * min_snr_weights(alphas, t, args.snr_gamma)).mean()

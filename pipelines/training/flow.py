@@ -14,6 +14,8 @@ pooled projections concatenated), no T5 (``text_encoder_3`` = None; the pipeline
 reproduced in training, ``--t5-tokens`` zero tokens long, the length the pack's ``default_settings.json``
 tells the family to use). Captions are re-sampled with attribute dropping and replaced by "" with
 probability ``--uncond-prob`` for classifier-free guidance. AdamW, warm-up + cosine LR, clipping, EMA.
+``--teacher DIR`` regresses onto a trained LDM's estimate of the velocity on the same line instead of the drawn
+one (:mod:`pipelines.training.teacher`).
 
 The export (``<run-dir>/pack``) is an ordinary ``StableDiffusion3Pipeline`` folder: the registry loads
 it with the same code as a real SD3 checkpoint. The VAE is the LDM's with ``shift_factor`` 0 (SD3's
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipelines.training import common, latents as lat, repa
+from pipelines.training import common, latents as lat, repa, teacher as distil
 from pipelines.training.family_samples import FlowGrids
 from pipelines.training.ldm import _optimizer_to, sample_captions
 from pipelines.training.ldm_samples import add_sample_arguments
@@ -52,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-dim", type=int, default=32)
     common.add_patch_argument(parser)
     repa.add_arguments(parser)
+    distil.add_arguments(parser)
     parser.add_argument("--uncond-prob", type=float, default=0.1)
     parser.add_argument("--drop-prob", type=float, default=0.3, help="per-attribute caption dropping")
     parser.add_argument("--ema-decay", type=float, default=0.999)
@@ -175,11 +178,21 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     table = caption_table(build_pipeline(model, Path(args.vae_dir), text), run_dir / "captions.pt", text_hash)
     rows_of = {c: i for i, c in enumerate(table["captions"])}
     embeds, pooled = table["embeds"].to(device), table["pooled"].to(device)
+    teacher = None
+    if args.teacher is not None:  # the teacher's own text tower on the same caption list
+        distil.check_folder(args.teacher, args.teacher_mix)
+        teacher_text = lat.CaptionTable.build(Path(args.teacher) / "text_encoder", Path(args.teacher) / "tokenizer",
+                                              cache=run_dir / "teacher_captions.pt")
+        if teacher_text.captions != table["captions"]:
+            raise SystemExit(f"{run_dir / 'teacher_captions.pt'}: another caption list; delete it and rerun")
+        teacher = distil.Teacher(args.teacher, teacher_text.captions, device, args.teacher_mix,
+                                 embeddings=teacher_text.embeddings)
     optimizer = torch.optim.AdamW(common.decay_groups(model, 0.0), lr=args.lr, betas=(0.9, 0.999))
     ema = common.EMA(model, decay=args.ema_decay)
     ckpt = common.Checkpointer(run_dir, every=args.checkpoint_every)
     extra = {"transformer_config": json.dumps(cfg), "text_hash": text_hash, "vae_hash": str(pool.get("vae_hash", "")),
-             "scaling_factor": float(pool["scaling_factor"]), "t5_tokens": int(args.t5_tokens), **repa_extra}
+             "scaling_factor": float(pool["scaling_factor"]), "t5_tokens": int(args.t5_tokens), **repa_extra,
+             **({"teacher": json.dumps(distil.record(args))} if teacher is not None else {})}
     start = 0
     if args.resume:
         state = ckpt.load(model, optimizer, ema, config=[("transformer_config", cfg), *(
@@ -219,7 +232,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             context = torch.cat([embeds[cap], t5_block], dim=1)
             pred = model(hidden_states=x_s, encoder_hidden_states=context, pooled_projections=pooled[cap],
                          timestep=s * 1000).sample
-            loss = F.mse_loss(pred.float(), noise - x0)
+            target = teacher.velocity_targets(x_s, s, cap, noise, x0) if teacher is not None else noise - x0
+            loss = F.mse_loss(pred.float(), target)
             aligned = alignment.loss(model, repa.renders(pool, rows)) if alignment is not None else None
             optimizer.zero_grad(set_to_none=True)
             (loss if aligned is None else loss + alignment.weight * aligned).backward()

@@ -42,6 +42,16 @@ def record(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"folder": str(args.teacher), "mix": float(args.teacher_mix)}
 
 
+def check_folder(folder: Path, mix: float) -> None:
+    """Refuse (SystemExit with the reason) a ``--teacher`` that is not a latent-diffusion folder, or a bad mix."""
+    for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
+        if not (Path(folder) / part).is_dir():
+            raise SystemExit(f"--teacher {folder}: no {part}/ folder; give a latent-diffusion model folder "
+                             "such as assets/models/shapes-ldm")
+    if not 0.0 < mix <= 1.0:
+        raise SystemExit(f"--teacher-mix {mix}: it must be in (0, 1]")
+
+
 def log_snr(alphas_cumprod: torch.Tensor) -> np.ndarray:
     a = alphas_cumprod.double().numpy()
     return np.log(a / (1.0 - a))
@@ -57,41 +67,65 @@ def timestep_map(student_alphas: torch.Tensor, teacher_alphas: torch.Tensor) -> 
 
 
 class Teacher:
-    """A frozen ``UNet2DConditionModel`` + its text tower's prompt embeddings (one row per prompt, the last
-    row the empty prompt), giving epsilon targets on the student's schedule."""
+    """A frozen ``UNet2DConditionModel`` + its text tower's prompt embeddings, giving a student's targets:
+    :meth:`epsilon_targets` on a variance-preserving schedule (``student_alphas``), :meth:`velocity_targets` on
+    the rectified-flow line. ``prompts``: one embedding row each (plus a last row for the empty prompt, unless
+    ``prompts`` holds "" already); ``embeddings`` reuses rows encoded before (a cached caption table)."""
 
-    def __init__(self, folder: Path, prompts: Sequence[str], student_alphas: torch.Tensor, device: torch.device,
-                 mix: float = 1.0) -> None:
+    def __init__(self, folder: Path, prompts: Sequence[str], device: torch.device, mix: float = 1.0,
+                 student_alphas: torch.Tensor | None = None, embeddings: torch.Tensor | None = None) -> None:
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
         from pipelines.training.latents import encode_prompts
 
         folder = Path(folder)
-        for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
-            if not (folder / part).is_dir():
-                raise SystemExit(f"--teacher {folder}: no {part}/ folder; give a latent-diffusion model folder "
-                                 "such as assets/models/shapes-ldm")
-        if not 0.0 < mix <= 1.0:
-            raise SystemExit(f"--teacher-mix {mix}: it must be in (0, 1]")
-        self.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32,
-                                                         use_safetensors=True).eval().requires_grad_(False).to(device)
+        check_folder(folder, mix)
         config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
         if config.get("prediction_type", "epsilon") != "epsilon":
             raise SystemExit(f"--teacher {folder}: its scheduler predicts {config['prediction_type']}, not epsilon")
-        teacher_sched = DDPMScheduler.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-        mapped, reach = timestep_map(student_alphas.cpu(), teacher_sched.alphas_cumprod)
-        self.mapped, self.reach = mapped.to(device), reach.to(device)
-        self.embeddings = encode_prompts(folder / "text_encoder", folder / "tokenizer", [*prompts, ""]).to(device)
-        self.null_row = len(prompts)
-        self.mix = float(mix)
+        self.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32,
+                                                         use_safetensors=True).eval().requires_grad_(False).to(device)
+        self.alphas = DDPMScheduler.from_config({k: v for k, v in config.items() if not k.startswith("_")}
+                                                ).alphas_cumprod
+        self.log_snr = log_snr(self.alphas)
+        if student_alphas is not None:
+            mapped, reach = timestep_map(student_alphas.cpu(), self.alphas)
+            self.mapped, self.reach = mapped.to(device), reach.to(device)
+        prompts = list(prompts)
+        if "" not in prompts:
+            prompts.append("")
+        self.null_row = prompts.index("")
+        self.embeddings = (embeddings if embeddings is not None
+                           else encode_prompts(folder / "text_encoder", folder / "tokenizer", prompts)).to(device)
+        self.mix, self.device = float(mix), device
 
     @torch.no_grad()
-    def targets(self, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The epsilon target of each sample: the teacher's prediction (mixed with ``noise``) where its schedule
-        reaches ``t``, the drawn ``noise`` elsewhere. ``rows``: prompt rows (``null_row`` for the empty prompt)."""
+    def epsilon_targets(self, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor,
+                        noise: torch.Tensor) -> torch.Tensor:
+        """The epsilon target of each sample at student timestep ``t``: the teacher's prediction (mixed with
+        ``noise``) where its schedule reaches ``t``, the drawn ``noise`` elsewhere. ``rows``: prompt rows."""
         target = noise.clone()
         use = self.reach[t]
         if bool(use.any()):
             eps = self.unet(x_t[use], self.mapped[t[use]], encoder_hidden_states=self.embeddings[rows[use]]).sample
             target[use] = self.mix * eps.float() + (1.0 - self.mix) * noise[use]
+        return target
+
+    @torch.no_grad()
+    def velocity_targets(self, x_s: torch.Tensor, s: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor,
+                         x0: torch.Tensor) -> torch.Tensor:
+        """The velocity target ``eps - x0`` of each sample on the line ``x_s = (1 - s) x0 + s eps``, from the
+        teacher's estimates: ``x_s / r`` (``r = sqrt((1 - s)^2 + s^2)``) is its variance-preserving input at
+        SNR ((1 - s) / s)^2, and ``x_s = (1 - s) x0_hat + s eps_hat`` gives ``v = (eps_hat - x_s) / (1 - s)``.
+        Where that SNR is outside the teacher's schedule, the drawn ``noise - x0``."""
+        target = noise - x0
+        snr = 2.0 * (torch.log1p(-s.double().clamp(max=1 - 1e-6)) - torch.log(s.double().clamp(min=1e-6)))
+        use = (snr <= float(self.log_snr[0])) & (snr >= float(self.log_snr[-1]))
+        if bool(use.any()):
+            steps = np.interp(-snr[use].cpu().numpy(), -self.log_snr, np.arange(len(self.log_snr), dtype=np.float64))
+            sv = s[use].view(-1, 1, 1, 1).float()
+            r = ((1 - sv) ** 2 + sv ** 2).sqrt()
+            eps = self.unet(x_s[use] / r, torch.from_numpy(steps).float().to(x_s.device),
+                            encoder_hidden_states=self.embeddings[rows[use]]).sample.float()
+            target[use] = self.mix * (eps - x_s[use]) / (1 - sv) + (1.0 - self.mix) * target[use]
         return target
